@@ -1,0 +1,163 @@
+"""Independent Kafka clients for the tests: produce inputs, read outputs, read committed offsets.
+
+Nothing here asks the worker what it did; everything is read back from the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Sent:
+    key: Optional[bytes]
+    value: bytes
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Received:
+    key: Optional[bytes]
+    value: bytes
+    partition: int
+    offset: int
+    timestamp_ms: int
+    received_at: float  # time.time() when the test's consumer got it
+
+    @property
+    def doc(self) -> dict:
+        return orjson.loads(self.value)
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+async def produce(
+    bootstrap: str, topic: str, records: Sequence[tuple[Optional[bytes], Optional[bytes]]], partition: Optional[int] = None
+) -> list[Sent]:
+    """Send and wait for every acknowledgement; returns where each record landed."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key, partition=partition) for key, value in records]
+        metas = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return [Sent(k, v, m.partition, m.offset) for (k, v), m in zip(records, metas)]
+
+
+async def consume_all(
+    bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0, settle_s: float = 1.0
+) -> list[Received]:
+    """Read a topic from the start (read_committed) until ``expected`` records and ``settle_s`` of quiet."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed",
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    out: list[Received] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        partitions = None
+        while partitions is None and time.monotonic() < deadline:
+            partitions = await _partitions(consumer, topic)
+            if partitions is None:
+                await asyncio.sleep(0.2)
+        assert partitions, f"topic {topic} never appeared"
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        quiet_since = None
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            now = time.time()
+            for records in batch.values():
+                out.extend(Received(r.key, r.value, r.partition, r.offset, r.timestamp, now) for r in records)
+            if batch:
+                quiet_since = None
+            elif len(out) >= expected:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since >= settle_s:
+                    break
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> Optional[set[int]]:
+    cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - no public call refreshes it
+    return cluster.partitions_for_topic(topic)
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = await _partitions(consumer, topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offsets as the broker has them (admin API)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
+
+
+async def wait_committed(bootstrap: str, group: str, topic: str, target: dict[int, int], timeout_s: float = 30.0) -> dict[int, int]:
+    """Poll until the committed offsets reach ``target`` (the commit timer runs every second)."""
+    deadline = time.monotonic() + timeout_s
+    current: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        current = await committed_offsets(bootstrap, group, topic)
+        if all(current.get(p, 0) >= o for p, o in target.items() if o > 0):
+            return current
+        await asyncio.sleep(0.3)
+    return current
+
+
+def committed_offsets_cli(kafka_env: dict[str, str], group: str, topic: str) -> dict[int, int]:
+    """Committed offsets read by Kafka's own consumer-group tool, a client that isn't ours."""
+    out = subprocess.run(
+        [str(REPO / "deploy" / "local" / "kafka"), "groups", "--bootstrap-server", kafka_env["BOOTSTRAP"],
+         "--describe", "--group", group],
+        env=kafka_env, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    offsets: dict[int, int] = {}
+    for line in out.splitlines():
+        cols = line.split()
+        if len(cols) >= 4 and cols[0] == group and cols[1] == topic and cols[3].isdigit():
+            offsets[int(cols[2])] = int(cols[3])
+    return offsets

@@ -1,0 +1,128 @@
+"""The Faust app: consume the input topic, hand batches to the pipeline, ack what it confirms.
+
+Faust's ``take()`` acks a batch even when its body raises (see
+shared notes, offset-safety); ``noack_take()`` leaves every ack to us, and the
+pipeline acks only after the broker stored the batch's outputs. The agent
+crashes the whole worker on failure (CrashingSupervisor), so a failed batch is
+never skipped by a restarted agent: the process exits non-zero and the
+orchestrator restarts it from the last committed offset.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import faust
+from mode import CrashingSupervisor
+
+from worker import logs
+from worker.codec import Source
+from worker.pipeline import BatchPipeline, Consumed
+from worker.publisher import Publisher
+from worker.settings import Settings
+
+log = logs.get_logger(__name__)
+
+DRAIN_TIMEOUT_S = 20.0
+
+
+def _consumed(event: Any) -> Consumed:
+    message = event.message
+    timestamp = message.timestamp
+    return Consumed(
+        source=Source(
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            timestamp_ms=round(timestamp * 1000) if timestamp else None,
+        ),
+        key=message.key,
+        value=message.value,
+        handle=event,
+    )
+
+
+def create_app(settings: Settings, pipeline: BatchPipeline, publisher: Publisher) -> faust.App:
+    """Wire a Faust app around an already loaded pipeline."""
+    app = faust.App(
+        settings.group_id,
+        broker=[f"kafka://{server}" for server in settings.bootstrap_list],
+        store="memory://",
+        processing_guarantee="at_least_once",
+        stream_wait_empty=True,
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset=settings.auto_offset_reset,
+        web_enabled=settings.web_enabled,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_in_thread=False,
+        datadir=str(settings.data_dir),
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    topic = app.topic(
+        settings.input_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        allow_empty=True,
+    )
+    state = {"assigned": 0, "started": False}
+    wait_s = settings.batch_max_wait_ms / 1000
+
+    async def fail(exc: BaseException) -> None:
+        await app.crash(exc)
+
+    @app.agent(topic, name="score", concurrency=1, supervisor_strategy=CrashingSupervisor)
+    async def score(stream: faust.StreamT) -> None:
+        await publisher.start()
+        state["started"] = True
+        pipeline.start(stream.ack, fail)
+        async for events in stream.noack_take(settings.batch_max_size, within=wait_s):
+            await pipeline.submit([_consumed(event) for event in events])
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(app_: faust.App, assigned: set, **_: Any) -> None:
+        state["assigned"] = len(assigned)
+        log.info("partitions.assigned", count=len(assigned), partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(app_: faust.App, revoked: set, **_: Any) -> None:
+        state["assigned"] = 0
+
+    @app.on_before_shutdown.connect
+    async def _shutdown(app_: faust.App, **_: Any) -> None:
+        # Faust has already waited for every consumed event to be acked and
+        # committed them (stream_wait_empty); what remains is closing up.
+        await pipeline.drain(DRAIN_TIMEOUT_S)
+        await publisher.stop()
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/ready")
+    async def ready(web: Any, request: Any) -> Any:
+        ok = bool(state["started"] and state["assigned"] and pipeline.failure is None)
+        body = {"ready": ok, "assigned_partitions": state["assigned"], "model": pipeline.model_info.name}
+        return web.json(body, status=200 if ok else 503)
+
+    last = {"t": time.monotonic(), "scored": 0}
+
+    @app.timer(settings.stats_interval_s)
+    async def _throughput() -> None:
+        now = time.monotonic()
+        stats = pipeline.stats
+        rate = (stats.scored - last["scored"]) / max(now - last["t"], 1e-9)
+        last.update(t=now, scored=stats.scored)
+        log.info(
+            "throughput",
+            events_per_s=round(rate, 1),
+            scored=stats.scored,
+            rejected=stats.rejected,
+            batches=stats.batches,
+            padding_efficiency=round(stats.real_tokens / stats.padded_tokens, 3) if stats.padded_tokens else None,
+            in_flight=pipeline.in_flight,
+        )
+
+    return app

@@ -1,0 +1,402 @@
+"""``sentiment-worker``: run the worker, feed it, watch its output, make test models.
+
+Flags are generated from :class:`worker.settings.Settings`, so every setting is
+both an env var and a ``--flag`` (the flag wins) without a second list to keep
+in step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import orjson
+import typer
+from pydantic import ValidationError
+
+from worker import logs
+from worker.settings import Settings
+
+app = typer.Typer(
+    help="Streaming sentiment classification on Kafka.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+model_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+EXIT_CONFIG = 2  # start-up refused: bad settings, unreachable Kafka, missing topics, unusable model
+
+KAFKA_FIELDS = ("kafka_bootstrap_servers", "kafka_timeout_s", "log_level", "log_format")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(EXIT_CONFIG)
+
+
+def load_settings(overrides: dict[str, Any]) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: {err['msg']}" for err in exc.errors()
+        ]
+        raise _fail("invalid settings\n" + "\n".join(lines)) from None
+
+
+def with_settings(fields: Optional[Iterable[str]] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one ``--flag`` per setting (all, or ``fields``) and a ``settings`` argument."""
+    names = list(fields) if fields is not None else list(Settings.model_fields)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p for p in inspect.signature(fn).parameters.values() if p.name != "settings"]
+        flags = []
+        for name in names:
+            info = Settings.model_fields[name]
+            help_text = f"{info.description or ''} (env {name.upper()}, default {_show(info.default)})"
+            flags.append(
+                inspect.Parameter(
+                    name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=typer.Option(None, "--" + name.replace("_", "-"), help=help_text, show_default=False,
+                                         rich_help_panel="Settings"),
+                    annotation=Optional[str],
+                )
+            )
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            overrides = {n: kwargs.pop(n) for n in names if kwargs.get(n) is not None}
+            for n in names:
+                kwargs.pop(n, None)
+            return fn(settings=load_settings(overrides), **kwargs)
+
+        wrapper.__signature__ = inspect.Signature([*own, *flags])  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+def _show(value: Any) -> str:
+    return value.value if isinstance(value, Enum) else str(value)
+
+
+# --------------------------------------------------------------------------- run
+
+
+@app.command()
+@with_settings()
+def run(settings: Settings) -> None:
+    """Consume the input topic, score batches, publish to the output topic (until stopped)."""
+    import faust
+
+    from worker.app import create_app
+    from worker.engine import ModelLoadError, SentimentEngine
+    from worker.pipeline import BatchPipeline
+    from worker.publisher import Publisher
+    from worker.topics import KafkaSetupError, ensure_topics
+
+    logs.configure(settings.log_level, settings.log_format.value)
+    log = logs.get_logger("worker.cli")
+    log.info("worker.starting", settings=settings.summary())
+    started = time.perf_counter()
+    try:
+        engine = SentimentEngine.load(
+            settings.model,
+            revision=settings.model_revision,
+            device=settings.device,
+            precision=settings.precision.value,
+            max_length=settings.max_length,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_rows=settings.batch_max_size,
+            threads=settings.torch_threads,
+        )
+        engine.warmup()
+    except ModelLoadError as exc:
+        log.error("model.load_failed", error=str(exc))
+        raise _fail(str(exc)) from None
+    info = engine.info
+    log.info(
+        "model.loaded",
+        name=info.name,
+        revision=info.revision,
+        device=info.device,
+        precision=info.precision,
+        labels=list(info.labels),
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    if info.random_weights:
+        log.warning("model.random_weights", message="RANDOM WEIGHTS: this model's predictions mean nothing")
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        partitions = loop.run_until_complete(
+            ensure_topics(
+                settings.kafka_bootstrap_servers,
+                [settings.input_topic, settings.output_topic],
+                create=settings.create_topics,
+                partitions=settings.topic_partitions,
+                replication_factor=settings.topic_replication_factor,
+                timeout_s=settings.kafka_timeout_s,
+            )
+        )
+    except KafkaSetupError as exc:
+        log.error("kafka.setup_failed", error=str(exc))
+        raise _fail(str(exc)) from None
+    log.info("topics.ready", partitions=partitions)
+
+    publisher = Publisher(settings.kafka_bootstrap_servers, client_id=f"{settings.group_id}-publisher")
+    pipeline = BatchPipeline(
+        engine,
+        publisher,
+        output_topic=settings.output_topic,
+        input_format=settings.input_format,
+        include_text=settings.include_text,
+    )
+    faust_app = create_app(settings, pipeline, publisher)
+    worker = faust.Worker(
+        faust_app,
+        loop=loop,
+        loglevel=settings.log_level,
+        logging_config=logs.logging_config(settings.log_level, settings.log_format.value),
+        redirect_stdouts=False,
+        quiet=True,
+        override_logging=True,
+    )
+    worker.execute_from_commandline()
+
+
+# ----------------------------------------------------------------------- produce
+
+
+def _lines(texts: list[str], file: Optional[Path]) -> Iterator[str]:
+    yield from texts
+    if file is None and texts:
+        return
+    source = contextlib.nullcontext(sys.stdin) if file is None or str(file) == "-" else file.open(encoding="utf-8")
+    with source as stream:
+        for line in stream:
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield line
+
+
+class ProduceFormat(str, Enum):
+    text = "text"  # each line/argument becomes {"text": ...}
+    jsonl = "jsonl"  # each line is a JSON object, sent unchanged
+    raw = "raw"  # each line is sent as-is (for INPUT_FORMAT=text)
+
+
+@app.command()
+@with_settings([*KAFKA_FIELDS, "input_topic", "create_topics", "topic_partitions", "topic_replication_factor"])
+def produce(
+    settings: Settings,
+    texts: list[str] = typer.Argument(None, help="Texts to send; none: read lines from --file or stdin."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read lines from this file ('-' for stdin)."),
+    fmt: ProduceFormat = typer.Option(ProduceFormat.text, "--format", help="text, jsonl or raw."),
+) -> None:
+    """Send texts to the input topic (one record per argument or line)."""
+    from aiokafka import AIOKafkaProducer
+
+    from worker.codec import InputRecord, encode_input
+    from worker.topics import KafkaSetupError, ensure_topics
+
+    logs.configure(settings.log_level, settings.log_format.value)
+
+    def records() -> Iterator[tuple[Optional[bytes], bytes]]:
+        for line in _lines(texts or [], file):
+            if fmt is ProduceFormat.text:
+                yield None, encode_input(InputRecord(text=line))
+            elif fmt is ProduceFormat.raw:
+                yield None, line.encode("utf-8")
+            else:
+                key = None
+                try:
+                    doc = orjson.loads(line)
+                    if isinstance(doc, dict) and isinstance(doc.get("id"), str):
+                        key = doc["id"].encode("utf-8")
+                except orjson.JSONDecodeError:
+                    pass  # sent anyway: the worker decides what is bad input
+                yield key, line.encode("utf-8")
+
+    async def send() -> int:
+        await ensure_topics(
+            settings.kafka_bootstrap_servers,
+            [settings.input_topic],
+            create=settings.create_topics,
+            partitions=settings.topic_partitions,
+            replication_factor=settings.topic_replication_factor,
+            timeout_s=settings.kafka_timeout_s,
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True, linger_ms=5
+        )
+        await producer.start()
+        try:
+            futures = [await producer.send(settings.input_topic, value, key=key) for key, value in records()]
+            await asyncio.gather(*futures)
+            return len(futures)
+        finally:
+            await producer.stop()
+
+    try:
+        count = asyncio.run(send())
+    except KafkaSetupError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"produced {count} record(s) to {settings.input_topic}", err=True)
+
+
+# -------------------------------------------------------------------------- tail
+
+
+@app.command()
+@with_settings([*KAFKA_FIELDS, "output_topic"])
+def tail(
+    settings: Settings,
+    count: Optional[int] = typer.Option(None, "--count", "-n", help="Stop after this many records."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after this many idle seconds."),
+    from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest record."),
+    since_ms: Optional[int] = typer.Option(None, "--since-ms", help="Start at records newer than this epoch ms."),
+    compact: bool = typer.Option(False, "--compact", help="One JSON object per line."),
+) -> None:
+    """Print scored events from the output topic (read_committed)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from worker.topics import KafkaSetupError, ensure_topics
+
+    async def consume() -> int:
+        counts = await ensure_topics(
+            settings.kafka_bootstrap_servers,
+            [settings.output_topic],
+            create=False,
+            partitions=1,
+            replication_factor=1,
+            timeout_s=settings.kafka_timeout_s,
+        )
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest" if from_beginning else "latest",
+        )
+        await consumer.start()
+        seen = 0
+        try:
+            tps = [TopicPartition(settings.output_topic, p) for p in range(counts[settings.output_topic])]
+            consumer.assign(tps)
+            if since_ms is not None:
+                found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
+                ends = await consumer.end_offsets(tps)
+                for tp in tps:
+                    consumer.seek(tp, found[tp].offset if found[tp] is not None else ends[tp])
+            elif from_beginning:
+                await consumer.seek_to_beginning(*tps)
+            else:
+                await consumer.seek_to_end(*tps)
+            while count is None or seen < count:
+                batch = await consumer.getmany(timeout_ms=int((timeout or 3600) * 1000))
+                if not batch:
+                    break
+                for records in batch.values():
+                    for record in records:
+                        _print_event(record.value, compact)
+                        seen += 1
+                        if count is not None and seen >= count:
+                            return seen
+            return seen
+        finally:
+            await consumer.stop()
+
+    try:
+        seen = asyncio.run(consume())
+    except KafkaSetupError as exc:
+        raise _fail(str(exc)) from None
+    if count is not None and seen < count:
+        typer.echo(f"only {seen} of {count} record(s) arrived before the timeout", err=True)
+        raise typer.Exit(1)
+
+
+def _print_event(value: Optional[bytes], compact: bool) -> None:
+    if value is None:
+        return
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        typer.echo(value.decode("utf-8", "replace"))
+        return
+    if compact or not sys.stdout.isatty():
+        sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+    else:
+        from rich import print_json
+
+        print_json(data=doc)
+    sys.stdout.flush()
+
+
+# ------------------------------------------------------------------------- model
+
+
+class ModelSize(str, Enum):
+    tiny = "tiny"
+    base = "base"
+
+
+@model_app.command("init-random")
+def init_random(
+    directory: Path = typer.Argument(..., help="Where to write the model."),
+    size: ModelSize = typer.Option(ModelSize.tiny, "--size", help="tiny (tests) or base (DistilBERT-base compute)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write a randomly initialised DistilBERT classifier. ITS PREDICTIONS MEAN NOTHING."""
+    from worker.random_model import write_random_model
+
+    write_random_model(directory, size.value, seed=seed)
+    typer.secho(
+        f"wrote a RANDOM {size.value} DistilBERT classifier to {directory}: its predictions mean nothing "
+        "(for tests and benchmarks only)",
+        fg=typer.colors.YELLOW,
+        err=True,
+    )
+
+
+@model_app.command("check")
+@with_settings(["model", "model_revision", "device", "precision", "max_length"])
+def check(settings: Settings) -> None:
+    """Load the configured model and score two texts: exits non-zero if it can't be loaded."""
+    from worker.engine import ModelLoadError, SentimentEngine
+
+    try:
+        engine = SentimentEngine.load(
+            settings.model,
+            revision=settings.model_revision,
+            device=settings.device,
+            precision=settings.precision.value,
+            max_length=settings.max_length,
+        )
+    except ModelLoadError as exc:
+        raise _fail(str(exc)) from None
+    info = engine.info
+    typer.echo(f"model {info.name} revision {info.revision} on {info.device} ({info.precision}), labels {list(info.labels)}")
+    for text, prediction in zip(
+        ["I loved this, wonderful!", "This was a terrible waste of time."],
+        engine.predict(["I loved this, wonderful!", "This was a terrible waste of time."]),
+    ):
+        typer.echo(f"  {prediction.label:>10} {prediction.score:.3f}  {text}")
+    if info.random_weights:
+        typer.secho("  (random weights: these predictions mean nothing)", fg=typer.colors.YELLOW)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

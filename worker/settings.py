@@ -1,0 +1,174 @@
+"""Every knob of the worker, read from environment variables and CLI flags.
+
+One pydantic model is the single source of truth: the CLI builds its flags from
+these fields (see ``cli.py``), so an env var and a flag can never drift apart.
+Validation happens once, at start, with messages an operator can act on.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "distilbert-base-uncased-finetuned-sst-2-english"
+
+
+class InputFormat(str, Enum):
+    """How input record values are read."""
+
+    json = "json"  # a JSON object with a "text" field (schemas/sentiment-input.v1.json)
+    text = "text"  # the whole value is the UTF-8 text (console producers, kcat)
+
+
+class Precision(str, Enum):
+    """Numeric precision of the model weights and activations."""
+
+    auto = "auto"  # fp16 on CUDA, fp32 elsewhere
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class LogFormat(str, Enum):
+    auto = "auto"  # pretty on a TTY, JSON otherwise
+    json = "json"
+    console = "console"
+
+
+class Settings(BaseSettings):
+    """Worker configuration. Each field is the env var of the same name, upper-cased."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", protected_namespaces=()
+    )
+
+    # --- Kafka -----------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers."
+    )
+    input_topic: str = Field("sentiment-input", description="Topic the texts are read from.")
+    output_topic: str = Field("sentiment-output", description="Topic the scored events go to.")
+    group_id: str = Field(
+        "sentiment-worker",
+        description="Consumer group (and Faust app id); replicas sharing it split the partitions.",
+    )
+    create_topics: bool = Field(
+        True,
+        description="Create missing input/output topics at start. Turn off where topics are managed.",
+    )
+    topic_partitions: int = Field(6, ge=1, description="Partitions of topics this worker creates.")
+    topic_replication_factor: int = Field(
+        1, ge=1, description="Replication factor of topics this worker creates."
+    )
+    auto_offset_reset: str = Field(
+        "earliest", description="Where a new group starts reading: earliest or latest."
+    )
+    commit_interval_s: float = Field(
+        1.0, gt=0, description="How often acknowledged offsets are committed, in seconds."
+    )
+    kafka_timeout_s: float = Field(
+        15.0, gt=0, description="How long start-up waits for the brokers before failing."
+    )
+
+    # --- Input / output --------------------------------------------------------
+    input_format: InputFormat = Field(
+        InputFormat.json, description="json: JSON objects with a text field; text: raw UTF-8 lines."
+    )
+    include_text: bool = Field(False, description="Copy the input text into each output event.")
+
+    # --- Batching --------------------------------------------------------------
+    batch_max_size: int = Field(64, ge=1, description="Most events gathered into one batch.")
+    batch_max_wait_ms: int = Field(
+        50, ge=1, description="Longest wait for a batch to fill before it is scored anyway."
+    )
+    max_batch_tokens: int = Field(
+        16384,
+        ge=1,
+        description="Padded-token budget (rows x longest row) of one model call; "
+        "a batch is cut into model calls that fit it.",
+    )
+
+    # --- Model -----------------------------------------------------------------
+    model: str = Field(
+        DEFAULT_MODEL, description="Hugging Face hub id or local directory of a sequence classifier."
+    )
+    model_revision: Optional[str] = Field(
+        None, description="Hub revision (branch, tag or commit) to pin; ignored for local paths."
+    )
+    device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
+    precision: Precision = Field(Precision.auto, description="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16.")
+    max_length: int = Field(
+        512, ge=8, description="Token limit per text; longer texts are truncated (and flagged)."
+    )
+    torch_threads: Optional[int] = Field(
+        None, ge=1, description="CPU threads for inference; default: the cores this process may use."
+    )
+
+    # --- Operations ------------------------------------------------------------
+    web_enabled: bool = Field(True, description="Serve Faust's web endpoints (health) on web_port.")
+    web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's web endpoints.")
+    web_host: str = Field("0.0.0.0", description="Address the web endpoints bind to.")
+    data_dir: Path = Field(
+        Path(os.environ.get("TMPDIR", "/tmp")) / "sentiment-worker",
+        description="Scratch directory for Faust's local state.",
+    )
+    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_format: LogFormat = Field(LogFormat.auto, description="auto, json or console.")
+    stats_interval_s: float = Field(
+        30.0, gt=0, description="How often the throughput summary is logged at info."
+    )
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        servers = [s.strip() for s in value.split(",") if s.strip()]
+        if not servers:
+            raise ValueError("needs at least one host:port")
+        for server in servers:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{server!r} is not host:port")
+        return ",".join(servers)
+
+    @field_validator("auto_offset_reset")
+    @classmethod
+    def _check_reset(cls, value: str) -> str:
+        if value not in {"earliest", "latest"}:
+            raise ValueError("must be earliest or latest")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        base, _, index = value.partition(":")
+        if base not in {"auto", "cpu", "cuda", "mps"} or (index and not (base == "cuda" and index.isdigit())):
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be debug, info, warning or error")
+        return value
+
+    @model_validator(mode="after")
+    def _check_topics(self) -> "Settings":
+        if self.input_topic == self.output_topic:
+            raise ValueError("input_topic and output_topic must differ")
+        return self
+
+    @property
+    def bootstrap_list(self) -> list[str]:
+        return self.kafka_bootstrap_servers.split(",")
+
+    def summary(self) -> dict[str, Any]:
+        """What is safe to log at start (no secrets live here yet, but keep the habit)."""
+        return self.model_dump(mode="json")
