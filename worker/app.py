@@ -16,7 +16,7 @@ from typing import Any
 import faust
 from mode import CrashingSupervisor
 
-from worker import logs
+from worker import logs, metrics
 from worker.codec import Source
 from worker.pipeline import BatchPipeline, Consumed
 from worker.publisher import Publisher
@@ -100,6 +100,33 @@ def create_app(settings: Settings, pipeline: BatchPipeline, publisher: Publisher
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         return web.json({"status": "ok"})
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        body, content_type = metrics.render()
+        # aiohttp takes the charset separately; the exposition format is UTF-8 anyway.
+        return web.bytes(body, content_type=content_type.split(";")[0] + "; version=0.0.4")
+
+    info = pipeline.model_info
+    metrics.MODEL_INFO.labels(info.name, info.revision or "", info.device, info.precision).set(1)
+
+    lagging: set[tuple[str, int]] = set()
+
+    @app.timer(5.0)
+    async def _lag() -> None:
+        # Lag per assigned partition: the broker's high watermark minus the next offset to ack.
+        # (Unknown until the first ack of a partition; broker-side lag exporters cover that gap.)
+        current: set[tuple[str, int]] = set()
+        for tp in app.consumer.assignment():
+            highwater = app.consumer.highwater(tp)
+            acked = pipeline.next_offsets.get((tp.topic, tp.partition))
+            if highwater is not None and acked is not None:
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - acked))
+                current.add((tp.topic, tp.partition))
+        for topic, partition in lagging - current:
+            metrics.CONSUMER_LAG.remove(topic, str(partition))
+        lagging.clear()
+        lagging.update(current)
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Any:

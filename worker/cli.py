@@ -108,16 +108,7 @@ def run(settings: Settings) -> None:
     log.info("worker.starting", settings=settings.summary())
     started = time.perf_counter()
     try:
-        engine = SentimentEngine.load(
-            settings.model,
-            revision=settings.model_revision,
-            device=settings.device,
-            precision=settings.precision.value,
-            max_length=settings.max_length,
-            max_batch_tokens=settings.max_batch_tokens,
-            max_batch_rows=settings.batch_max_size,
-            threads=settings.torch_threads,
-        )
+        engine = SentimentEngine.from_settings(settings)
         engine.warmup()
     except ModelLoadError as exc:
         log.error("model.load_failed", error=str(exc))
@@ -368,19 +359,13 @@ def init_random(
 
 
 @model_app.command("check")
-@with_settings(["model", "model_revision", "device", "precision", "max_length"])
+@with_settings(["model", "model_revision", "device", "precision", "max_length", "attention", "torch_compile"])
 def check(settings: Settings) -> None:
     """Load the configured model and score two texts: exits non-zero if it can't be loaded."""
     from worker.engine import ModelLoadError, SentimentEngine
 
     try:
-        engine = SentimentEngine.load(
-            settings.model,
-            revision=settings.model_revision,
-            device=settings.device,
-            precision=settings.precision.value,
-            max_length=settings.max_length,
-        )
+        engine = SentimentEngine.from_settings(settings)
     except ModelLoadError as exc:
         raise _fail(str(exc)) from None
     info = engine.info

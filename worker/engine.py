@@ -13,11 +13,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from worker.batching import SubBatch, plan_sub_batches
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +145,20 @@ class SentimentEngine:
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
         self.last_report = BatchReport(0, 0, 0, 0)
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "SentimentEngine":
+        """The engine as the worker configures it (one place that maps settings to load options)."""
+        return cls.load(
+            settings.model,
+            revision=settings.model_revision,
+            device=settings.device,
+            precision=settings.precision.value,
+            max_length=settings.max_length,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_rows=settings.batch_max_size,
+            threads=settings.torch_threads,
+        )
 
     @classmethod
     def load(

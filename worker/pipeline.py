@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional, Protocol
 
-from worker import logs
+from worker import logs, metrics
 from worker.codec import DecodeError, InputRecord, Source, decode, encode_output
 from worker.engine import BatchReport, Encoded, ModelInfo, Prediction
 from worker.publisher import OutboundRecord
@@ -106,6 +106,8 @@ class BatchPipeline:
         self._publisher_task: Optional[asyncio.Task[None]] = None
         self.failure: Optional[BaseException] = None
         self.stats = Stats()
+        # Next offset to acknowledge per (topic, partition): what consumer lag is measured from.
+        self.next_offsets: dict[tuple[str, int], int] = {}
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -148,12 +150,16 @@ class BatchPipeline:
         loop = asyncio.get_running_loop()
         scoring = loop.create_task(self._score(texts), name="score")
         self.stats.consumed += len(batch)
+        metrics.EVENTS_CONSUMED.inc(len(batch))
+        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.IN_FLIGHT.inc(len(batch))
         await self._queue.put(_Batch(list(batch), good, scoring, time.perf_counter()))
 
     def _reject(self, item: Consumed, err: DecodeError) -> None:
         # The dead-letter topic comes with the reliability work; for now, say why and move on.
         self.stats.rejected += 1
         self.stats.rejected_by_reason[err.reason] = self.stats.rejected_by_reason.get(err.reason, 0) + 1
+        metrics.EVENTS_DEAD_LETTERED.labels(err.reason).inc()
         log.warning(
             "record.rejected",
             reason=err.reason,
@@ -189,6 +195,7 @@ class BatchPipeline:
                 raise
             except BaseException as exc:  # noqa: BLE001 - anything here must stop the line
                 self.failure = exc
+                metrics.FAILURES.inc()
                 log.error("pipeline.failed", error=repr(exc), batch_size=len(batch.consumed), exc_info=exc)
                 await self._on_failure(exc)
                 return
@@ -220,9 +227,30 @@ class BatchPipeline:
         assert self._acker is not None
         for item in batch.consumed:  # offset order per partition, as consumed
             await self._acker(item.handle)
+            self.next_offsets[(item.source.topic, item.source.partition)] = item.source.offset + 1
+        self._observe(batch, report, encode_s, infer_s, publish_s, scored=len(outbound))
+
+    def _observe(
+        self, batch: _Batch, report: BatchReport, encode_s: float, infer_s: float, publish_s: float, *, scored: int
+    ) -> None:
+        now_ms = time.time() * 1000
+        for item, _ in batch.good:
+            if item.source.timestamp_ms is not None:
+                metrics.END_TO_END_SECONDS.observe(max(0.0, (now_ms - item.source.timestamp_ms) / 1000))
+        metrics.IN_FLIGHT.dec(len(batch.consumed))
+        metrics.EVENTS_SCORED.inc(scored)
+        metrics.BATCHES.inc()
+        metrics.TOKENS.labels("real").inc(report.real_tokens)
+        metrics.TOKENS.labels("padded").inc(report.padded_tokens)
+        metrics.BATCH_TOKENS.observe(report.padded_tokens)
+        if report.padded_tokens:
+            metrics.PADDING_EFFICIENCY.set(report.padding_efficiency)
+        metrics.TOKENIZE_SECONDS.observe(encode_s)
+        metrics.INFERENCE_SECONDS.observe(infer_s)
+        metrics.PUBLISH_SECONDS.observe(publish_s)
         stats = self.stats
         stats.batches += 1
-        stats.scored += len(outbound)
+        stats.scored += scored
         stats.real_tokens += report.real_tokens
         stats.padded_tokens += report.padded_tokens
         stats.encode_s += encode_s
@@ -231,7 +259,7 @@ class BatchPipeline:
         log.debug(
             "batch.done",
             size=len(batch.consumed),
-            scored=len(outbound),
+            scored=scored,
             tokens=report.real_tokens,
             padded_tokens=report.padded_tokens,
             model_calls=report.model_calls,

@@ -12,7 +12,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "distilbert-base-uncased-finetuned-sst-2-english"
@@ -32,6 +32,36 @@ class Precision(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
     bf16 = "bf16"
+    int8 = "int8"  # CPU only: dynamic quantisation of the Linear layers
+
+
+class Attention(str, Enum):
+    auto = "auto"  # sdpa where transformers supports it for the model, else eager
+    sdpa = "sdpa"
+    eager = "eager"
+
+
+class LongText(str, Enum):
+    truncate = "truncate"  # score the first MAX_LENGTH tokens (output truncated=true)
+    windows = "windows"  # score overlapping windows and average their probabilities
+
+
+class Guarantee(str, Enum):
+    at_least_once = "at_least_once"  # idempotent producer, offsets committed after outputs are stored
+    exactly_once = "exactly_once"  # outputs and offsets in one Kafka transaction per partition batch
+
+
+class SecurityProtocol(str, Enum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class SaslMechanism(str, Enum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
 
 
 class LogFormat(str, Enum):
@@ -74,6 +104,35 @@ class Settings(BaseSettings):
     kafka_timeout_s: float = Field(
         15.0, gt=0, description="How long start-up waits for the brokers before failing."
     )
+    processing_guarantee: Guarantee = Field(
+        Guarantee.at_least_once,
+        description="at_least_once (lighter; duplicates possible after failures) or exactly_once "
+        "(Kafka transactions; readers must use isolation.level=read_committed).",
+    )
+    transaction_timeout_ms: int = Field(
+        60000, ge=1000, description="Kafka transaction timeout in exactly-once mode."
+    )
+    dead_letter_topic: Optional[str] = Field(
+        None, description="Topic for records that can't be scored; default <INPUT_TOPIC>-dlt."
+    )
+    publish_backoff_max_s: float = Field(
+        30.0, gt=0, description="Longest pause between retries when the output can't be written."
+    )
+    group_instance_id: Optional[str] = Field(
+        None, description="Static group membership id (e.g. the pod name): no rebalance on quick restarts."
+    )
+    security_protocol: SecurityProtocol = Field(
+        SecurityProtocol.PLAINTEXT, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    sasl_mechanism: SaslMechanism = Field(
+        SaslMechanism.PLAIN, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."
+    )
+    sasl_username: Optional[str] = Field(None, description="SASL user name.")
+    sasl_password: Optional[SecretStr] = Field(None, description="SASL password (prefer SASL_PASSWORD_FILE).")
+    sasl_password_file: Optional[Path] = Field(None, description="File holding the SASL password.")
+    ssl_cafile: Optional[Path] = Field(None, description="CA bundle to verify the brokers.")
+    ssl_certfile: Optional[Path] = Field(None, description="Client certificate (mutual TLS).")
+    ssl_keyfile: Optional[Path] = Field(None, description="Client private key (mutual TLS).")
 
     # --- Input / output --------------------------------------------------------
     input_format: InputFormat = Field(
@@ -107,6 +166,14 @@ class Settings(BaseSettings):
     )
     torch_threads: Optional[int] = Field(
         None, ge=1, description="CPU threads for inference; default: the cores this process may use."
+    )
+    attention: Attention = Field(Attention.auto, description="Attention kernel: auto, sdpa or eager.")
+    torch_compile: bool = Field(False, description="Compile the model with torch.compile (slower start).")
+    long_text: LongText = Field(
+        LongText.truncate, description="truncate: score the first MAX_LENGTH tokens; windows: average overlapping windows."
+    )
+    window_stride: int = Field(
+        128, ge=1, description="Tokens shared by consecutive windows when LONG_TEXT=windows."
     )
 
     # --- Operations ------------------------------------------------------------
@@ -161,14 +228,28 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_topics(self) -> "Settings":
-        if self.input_topic == self.output_topic:
-            raise ValueError("input_topic and output_topic must differ")
+        if len({self.input_topic, self.output_topic, self.dead_letter_topic_name}) < 3:
+            raise ValueError("input, output and dead-letter topics must all differ")
+        if self.security_protocol.value.startswith("SASL") and not self.sasl_username:
+            raise ValueError(f"SECURITY_PROTOCOL={self.security_protocol.value} needs SASL_USERNAME")
+        if self.sasl_password_file is not None and not self.sasl_password_file.is_file():
+            raise ValueError(f"SASL_PASSWORD_FILE {self.sasl_password_file} is not a readable file")
         return self
 
     @property
     def bootstrap_list(self) -> list[str]:
         return self.kafka_bootstrap_servers.split(",")
 
+    @property
+    def dead_letter_topic_name(self) -> str:
+        return self.dead_letter_topic or f"{self.input_topic}-dlt"
+
+    def sasl_password_value(self) -> Optional[str]:
+        """The password from SASL_PASSWORD_FILE or SASL_PASSWORD; never logged."""
+        if self.sasl_password_file is not None:
+            return self.sasl_password_file.read_text().strip()
+        return self.sasl_password.get_secret_value() if self.sasl_password is not None else None
+
     def summary(self) -> dict[str, Any]:
-        """What is safe to log at start (no secrets live here yet, but keep the habit)."""
+        """What is safe to log at start: secrets are masked by SecretStr."""
         return self.model_dump(mode="json")

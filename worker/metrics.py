@@ -1,0 +1,56 @@
+"""Prometheus metrics, in base units (seconds, events, tokens), served on the web port at /metrics.
+
+Names are part of the operator contract: dashboards and alert rules in
+``deploy/`` use them. Change a name only with those.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+PREFIX = "sentiment_worker"
+
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+_STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+EVENTS_CONSUMED = Counter(f"{PREFIX}_events_consumed", "Input records handed to the pipeline.")
+EVENTS_SCORED = Counter(f"{PREFIX}_events_scored", "Scored events stored on the output topic.")
+EVENTS_DEAD_LETTERED = Counter(
+    f"{PREFIX}_events_dead_lettered", "Input records set aside instead of scored, by reason.", ["reason"]
+)
+BATCHES = Counter(f"{PREFIX}_batches", "Batches published and acknowledged.")
+BATCH_SIZE = Histogram(f"{PREFIX}_batch_size_events", "Events per consumed batch.", buckets=_SIZE_BUCKETS)
+BATCH_TOKENS = Histogram(
+    f"{PREFIX}_batch_tokens", "Padded tokens computed per batch (what the model paid for).", buckets=_TOKEN_BUCKETS
+)
+TOKENS = Counter(f"{PREFIX}_tokens", "Tokens run through the model; kind=real or padded.", ["kind"])
+PADDING_EFFICIENCY = Gauge(f"{PREFIX}_padding_efficiency_ratio", "Real over padded tokens of the last batch.")
+TOKENIZE_SECONDS = Histogram(f"{PREFIX}_tokenize_seconds", "Tokenisation time per batch.", buckets=_STAGE_BUCKETS)
+INFERENCE_SECONDS = Histogram(f"{PREFIX}_inference_seconds", "Model time per batch.", buckets=_STAGE_BUCKETS)
+PUBLISH_SECONDS = Histogram(
+    f"{PREFIX}_publish_seconds", "Time from sending a batch's outputs to the broker's last ack.", buckets=_STAGE_BUCKETS
+)
+END_TO_END_SECONDS = Histogram(
+    f"{PREFIX}_end_to_end_latency_seconds",
+    "Output stored minus the input record's Kafka timestamp.",
+    buckets=_LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge(f"{PREFIX}_in_flight_events", "Events consumed but not yet acknowledged.")
+CONSUMER_LAG = Gauge(
+    f"{PREFIX}_consumer_lag_events",
+    "Records behind the partition's end (high watermark minus next offset to ack).",
+    ["topic", "partition"],
+)
+TRANSACTIONS = Counter(f"{PREFIX}_transactions", "Kafka transactions in exactly-once mode.", ["outcome"])
+PUBLISH_ERRORS = Counter(f"{PREFIX}_publish_errors", "Failed publish attempts (retried with backoff).", ["topic"])
+FAILURES = Counter(f"{PREFIX}_pipeline_failures", "Fatal pipeline errors (the worker exits).")
+MODEL_INFO = Gauge(
+    f"{PREFIX}_model_info", "The loaded model (value 1).", ["name", "revision", "device", "precision"]
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text and its content type."""
+    return generate_latest(), CONTENT_TYPE_LATEST
