@@ -63,7 +63,7 @@ def worker_factory(bootstrap: str, tiny_model: Path, tmp_path: Path) -> Iterator
     """Start worker processes; every one started is stopped at the end of the test."""
     started: list[WorkerProcess] = []
 
-    def start(*, fault_flag: Path | None = None, **settings: object) -> WorkerProcess:
+    def start(*, fault_flag: Path | None = None, faulty: bool = False, **settings: object) -> WorkerProcess:
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "MODEL": str(tiny_model),
@@ -79,6 +79,7 @@ def worker_factory(bootstrap: str, tiny_model: Path, tmp_path: Path) -> Iterator
         argv = [sys.executable, "-m", "worker", "run"]
         if fault_flag is not None:
             env["FAULT_FLAG_FILE"] = str(fault_flag)
+        if fault_flag is not None or faulty:
             argv = [sys.executable, str(REPO / "tests" / "fault_worker.py"), "run"]
         proc = WorkerProcess(argv, env, log_path=tmp_path / f"worker-{len(started)}.log", cwd=REPO)
         started.append(proc)

@@ -1,7 +1,10 @@
-"""The real worker CLI, with inference made to fail while a flag file exists.
+"""The real worker CLI with faults injected into inference; production code carries no fault hooks.
 
-Tests use it to check that a failed batch is never committed; production code
-carries no fault hooks. The start-up warm-up is left alone.
+- FAULT_FLAG_FILE: while this file exists, every inference call raises (a systemic
+  fault: the worker must stop without committing).
+- FAULT_MAX_PADDED_TOKENS: a call whose padded tokens (rows x longest row) exceed
+  this raises, like a GPU running out of memory on a long batch.
+The start-up warm-up is left alone.
 """
 
 import os
@@ -11,15 +14,19 @@ from pathlib import Path
 from worker.cli import main
 from worker.engine import SentimentEngine
 
-_flag = Path(os.environ["FAULT_FLAG_FILE"])
+_flag = Path(os.environ["FAULT_FLAG_FILE"]) if os.environ.get("FAULT_FLAG_FILE") else None
+_max_padded = int(os.environ.get("FAULT_MAX_PADDED_TOKENS", "0"))
 _infer = SentimentEngine.infer
 _warmup = SentimentEngine.warmup
 _armed = False
 
 
 def _failing_infer(self, encoded):  # type: ignore[no-untyped-def]
-    if _armed and _flag.exists():
+    if _armed and _flag is not None and _flag.exists():
         raise RuntimeError("injected inference failure")
+    lengths = encoded.lengths
+    if _armed and _max_padded and len(lengths) * max(lengths, default=0) > _max_padded:
+        raise RuntimeError("CUDA out of memory (injected)")
     return _infer(self, encoded)
 
 

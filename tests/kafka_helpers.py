@@ -43,6 +43,7 @@ class Received:
     offset: int
     timestamp_ms: int
     received_at: float  # time.time() when the test's consumer got it
+    headers: tuple = ()
 
     @property
     def doc(self) -> dict:
@@ -96,7 +97,10 @@ async def consume_all(
             batch = await consumer.getmany(timeout_ms=200)
             now = time.time()
             for records in batch.values():
-                out.extend(Received(r.key, r.value, r.partition, r.offset, r.timestamp, now) for r in records)
+                out.extend(
+                    Received(r.key, r.value, r.partition, r.offset, r.timestamp, now, tuple(r.headers or ()))
+                    for r in records
+                )
             if batch:
                 quiet_since = None
             elif len(out) >= expected:
@@ -137,15 +141,18 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
 
 
 async def wait_committed(bootstrap: str, group: str, topic: str, target: dict[int, int], timeout_s: float = 30.0) -> dict[int, int]:
-    """Poll until the committed offsets reach ``target`` (the commit timer runs every second)."""
+    """Poll until the committed offsets reach ``target`` (the commit timer runs every second).
+
+    Returns the committed offset of every partition in ``target`` (0 where none is committed).
+    """
     deadline = time.monotonic() + timeout_s
     current: dict[int, int] = {}
     while time.monotonic() < deadline:
         current = await committed_offsets(bootstrap, group, topic)
-        if all(current.get(p, 0) >= o for p, o in target.items() if o > 0):
-            return current
+        if all(current.get(p, 0) >= o for p, o in target.items()):
+            break
         await asyncio.sleep(0.3)
-    return current
+    return {p: current.get(p, 0) for p in target}
 
 
 def committed_offsets_cli(kafka_env: dict[str, str], group: str, topic: str) -> dict[int, int]:

@@ -179,7 +179,7 @@ async def test_bad_records_do_not_stall_the_partition(worker_factory, bootstrap,
     assert sorted(r.doc["source"]["offset"] for r in received) == [sent[0].offset, sent[-1].offset]
     ends = await end_offsets(bootstrap, topics["input_topic"])
     assert await wait_committed(bootstrap, topics["group_id"], topics["input_topic"], ends) == ends
-    reasons = sorted(e["reason"] for e in worker.events("record.rejected"))
+    reasons = sorted(e["reason"] for e in worker.events("record.dead_lettered"))
     assert reasons == sorted(
         ["text_missing", "not_json", "not_object", "text_null", "text_not_string", "text_empty", "invalid_utf8", "empty_value"]
     )

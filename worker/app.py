@@ -19,7 +19,8 @@ from mode import CrashingSupervisor
 from worker import logs, metrics
 from worker.codec import Source
 from worker.pipeline import BatchPipeline, Consumed
-from worker.publisher import Publisher
+from worker.publisher import Publisher, TransactionalPublisher
+from worker.security import faust_credentials
 from worker.settings import Settings
 
 log = logs.get_logger(__name__)
@@ -43,8 +44,20 @@ def _consumed(event: Any) -> Consumed:
     )
 
 
-def create_app(settings: Settings, pipeline: BatchPipeline, publisher: Publisher) -> faust.App:
-    """Wire a Faust app around an already loaded pipeline."""
+async def _no_commit(offsets: Any) -> bool:
+    return True
+
+
+def create_app(
+    settings: Settings, pipeline: BatchPipeline, publisher: "Publisher | TransactionalPublisher"
+) -> faust.App:
+    """Wire a Faust app around an already loaded pipeline.
+
+    In exactly-once mode the input offsets are committed inside each output
+    transaction (``send_offsets_to_transaction``), so Faust's own offset commits
+    are switched off: Faust still tracks acks (for rebalances and shutdown),
+    but only a committed transaction moves the group's position.
+    """
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_list],
@@ -60,6 +73,8 @@ def create_app(settings: Settings, pipeline: BatchPipeline, publisher: Publisher
         web_bind=settings.web_host,
         web_in_thread=False,
         datadir=str(settings.data_dir),
+        broker_credentials=faust_credentials(settings),
+        consumer_group_instance_id=settings.group_instance_id,
         key_serializer="raw",
         value_serializer="raw",
     )
@@ -75,6 +90,8 @@ def create_app(settings: Settings, pipeline: BatchPipeline, publisher: Publisher
 
     @app.agent(topic, name="score", concurrency=1, supervisor_strategy=CrashingSupervisor)
     async def score(stream: faust.StreamT) -> None:
+        if publisher.transactional:
+            app.consumer._commit = _no_commit  # noqa: SLF001 - see create_app's docstring
         await publisher.start()
         state["started"] = True
         pipeline.start(stream.ack, fail)
@@ -89,6 +106,7 @@ def create_app(settings: Settings, pipeline: BatchPipeline, publisher: Publisher
     @app.on_partitions_revoked.connect
     async def _revoked(app_: faust.App, revoked: set, **_: Any) -> None:
         state["assigned"] = 0
+        publisher.release(list(revoked))
 
     @app.on_before_shutdown.connect
     async def _shutdown(app_: faust.App, **_: Any) -> None:

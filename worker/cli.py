@@ -23,6 +23,7 @@ import typer
 from pydantic import ValidationError
 
 from worker import logs
+from worker.bench import bench
 from worker.settings import Settings
 
 app = typer.Typer(
@@ -30,10 +31,23 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+app.command("bench")(bench)
 
 EXIT_CONFIG = 2  # start-up refused: bad settings, unreachable Kafka, missing topics, unusable model
 
-KAFKA_FIELDS = ("kafka_bootstrap_servers", "kafka_timeout_s", "log_level", "log_format")
+KAFKA_FIELDS = (
+    "kafka_bootstrap_servers",
+    "kafka_timeout_s",
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password_file",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "log_level",
+    "log_format",
+)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -100,7 +114,9 @@ def run(settings: Settings) -> None:
     from worker.app import create_app
     from worker.engine import ModelLoadError, SentimentEngine
     from worker.pipeline import BatchPipeline
-    from worker.publisher import Publisher
+    from worker.publisher import Publisher, TransactionalPublisher
+    from worker.security import aiokafka_options
+    from worker.settings import Guarantee
     from worker.topics import KafkaSetupError, ensure_topics
 
     logs.configure(settings.log_level, settings.log_format.value)
@@ -132,25 +148,43 @@ def run(settings: Settings) -> None:
         partitions = loop.run_until_complete(
             ensure_topics(
                 settings.kafka_bootstrap_servers,
-                [settings.input_topic, settings.output_topic],
+                [settings.input_topic, settings.output_topic, settings.dead_letter_topic_name],
                 create=settings.create_topics,
                 partitions=settings.topic_partitions,
                 replication_factor=settings.topic_replication_factor,
                 timeout_s=settings.kafka_timeout_s,
+                options=aiokafka_options(settings),
             )
         )
     except KafkaSetupError as exc:
         log.error("kafka.setup_failed", error=str(exc))
         raise _fail(str(exc)) from None
-    log.info("topics.ready", partitions=partitions)
+    log.info("topics.ready", partitions=partitions, guarantee=settings.processing_guarantee.value)
 
-    publisher = Publisher(settings.kafka_bootstrap_servers, client_id=f"{settings.group_id}-publisher")
+    publisher: Publisher | TransactionalPublisher
+    if settings.processing_guarantee is Guarantee.exactly_once:
+        publisher = TransactionalPublisher(
+            settings.kafka_bootstrap_servers,
+            group_id=settings.group_id,
+            transaction_timeout_ms=settings.transaction_timeout_ms,
+            request_timeout_ms=int(settings.kafka_request_timeout_s * 1000),
+            options=aiokafka_options(settings),
+        )
+    else:
+        publisher = Publisher(
+            settings.kafka_bootstrap_servers,
+            client_id=f"{settings.group_id}-publisher",
+            request_timeout_ms=int(settings.kafka_request_timeout_s * 1000),
+            options=aiokafka_options(settings),
+        )
     pipeline = BatchPipeline(
         engine,
         publisher,
         output_topic=settings.output_topic,
+        dead_letter_topic=settings.dead_letter_topic_name,
         input_format=settings.input_format,
         include_text=settings.include_text,
+        backoff_max_s=settings.publish_backoff_max_s,
     )
     faust_app = create_app(settings, pipeline, publisher)
     worker = faust.Worker(
@@ -198,6 +232,7 @@ def produce(
     from aiokafka import AIOKafkaProducer
 
     from worker.codec import InputRecord, encode_input
+    from worker.security import aiokafka_options
     from worker.topics import KafkaSetupError, ensure_topics
 
     logs.configure(settings.log_level, settings.log_format.value)
@@ -226,9 +261,14 @@ def produce(
             partitions=settings.topic_partitions,
             replication_factor=settings.topic_replication_factor,
             timeout_s=settings.kafka_timeout_s,
+            options=aiokafka_options(settings),
         )
         producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True, linger_ms=5
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            **aiokafka_options(settings),
         )
         await producer.start()
         try:
@@ -261,6 +301,7 @@ def tail(
     """Print scored events from the output topic (read_committed)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from worker.security import aiokafka_options
     from worker.topics import KafkaSetupError, ensure_topics
 
     async def consume() -> int:
@@ -271,8 +312,10 @@ def tail(
             partitions=1,
             replication_factor=1,
             timeout_s=settings.kafka_timeout_s,
+            options=aiokafka_options(settings),
         )
         consumer = AIOKafkaConsumer(
+            **aiokafka_options(settings),
             bootstrap_servers=settings.kafka_bootstrap_servers,
             enable_auto_commit=False,
             isolation_level="read_committed",

@@ -1,39 +1,99 @@
 """Publishing scored events, and knowing for certain that the broker stored them.
 
-``AIOKafkaProducer.send`` only queues a record; the future it returns resolves
-when the broker has acknowledged it (acks=all, idempotent). :meth:`publish`
-awaits every one of those futures, so when it returns, the batch is durable and
-its input offsets may be acknowledged. When it raises, nothing may be.
+Two sinks, one contract: :meth:`deliver` returns only once the broker has
+stored everything in the unit it was given, and raises otherwise; the pipeline
+acknowledges input only after it returns.
+
+- :class:`Publisher` (at-least-once): one idempotent producer (acks=all); a
+  batch is one unit, every delivery future is awaited.
+- :class:`TransactionalPublisher` (exactly-once): one transactional producer
+  per input partition with a stable transactional id, so a new owner of the
+  partition fences the old one; each partition's share of a batch is one unit:
+  its outputs, dead letters and the input offset commit, in one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import ProducerFenced
+
+from worker import logs
+
+log = logs.get_logger(__name__)
+
+Headers = tuple[tuple[str, bytes], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class OutboundRecord:
     topic: str
     key: Optional[bytes]
-    value: bytes
+    value: Optional[bytes]
+    headers: Headers = ()
+
+
+@dataclass(slots=True)
+class Delivery:
+    """What one input partition's share of a batch produces, and the offset it completes."""
+
+    source: TopicPartition
+    records: list[OutboundRecord] = field(default_factory=list)
+    source_offsets: list[int] = field(default_factory=list)  # input offset of each record
+    next_offset: int = 0
+
+    def add(self, offset: int, record: Optional[OutboundRecord]) -> None:
+        if record is not None:
+            self.records.append(record)
+            self.source_offsets.append(offset)
+        self.next_offset = offset + 1
+
+    def from_offset(self, committed: int) -> "Delivery":
+        """Only what lies at or after ``committed`` (the rest was committed by a previous owner)."""
+        kept = [(o, r) for o, r in zip(self.source_offsets, self.records) if o >= committed]
+        return Delivery(self.source, [r for _, r in kept], [o for o, _ in kept], self.next_offset)
+
+
+class PartitionFenced(Exception):
+    """Another worker owns this input partition now; its transaction was not committed."""
+
+
+async def _send_all(producer: AIOKafkaProducer, records: Sequence[OutboundRecord]) -> None:
+    deliveries = [
+        await producer.send(record.topic, record.value, key=record.key, headers=list(record.headers) or None)
+        for record in records
+    ]
+    if deliveries:
+        await asyncio.gather(*deliveries)
 
 
 class Publisher:
-    """An idempotent producer with an all-or-error batch publish."""
+    """At-least-once: an idempotent producer with an all-or-error batch delivery."""
 
-    def __init__(self, bootstrap_servers: str, *, client_id: str, linger_ms: int = 5) -> None:
+    transactional = False
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        client_id: str,
+        request_timeout_ms: int = 30000,
+        options: Optional[dict[str, Any]] = None,
+    ) -> None:
         self._config = dict(
             bootstrap_servers=bootstrap_servers,
             client_id=client_id,
+            request_timeout_ms=request_timeout_ms,
             acks="all",
             enable_idempotence=True,
-            linger_ms=linger_ms,
+            linger_ms=5,
             max_request_size=8 * 1024 * 1024,
+            **(options or {}),
         )
         self._producer: Optional[AIOKafkaProducer] = None
 
@@ -48,11 +108,128 @@ class Publisher:
             await self._producer.stop()
             self._producer = None
 
-    async def publish(self, records: Sequence[OutboundRecord]) -> None:
-        """Return once the broker stored every record; raise if any can't be stored."""
+    def units(self, deliveries: Sequence[Delivery]) -> list[list[Delivery]]:
+        """The whole batch is one unit: resending it after a failure can only duplicate."""
+        return [list(deliveries)] if deliveries else []
+
+    async def deliver(self, unit: Sequence[Delivery]) -> None:
         assert self._producer is not None, "Publisher.start() was not awaited"
-        deliveries = [
-            await self._producer.send(record.topic, record.value, key=record.key) for record in records
-        ]
-        if deliveries:
-            await asyncio.gather(*deliveries)
+        await _send_all(self._producer, [record for delivery in unit for record in delivery.records])
+
+    def release(self, partitions: Sequence[TopicPartition]) -> None:
+        """Nothing is held per partition in this mode."""
+
+
+class TransactionalPublisher:
+    """Exactly-once: per input partition, outputs and the offset commit in one transaction."""
+
+    transactional = True
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        group_id: str,
+        transaction_timeout_ms: int,
+        request_timeout_ms: int = 30000,
+        options: Optional[dict[str, Any]] = None,
+    ) -> None:
+        self._group_id = group_id
+        self._config = dict(
+            bootstrap_servers=bootstrap_servers,
+            request_timeout_ms=request_timeout_ms,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_request_size=8 * 1024 * 1024,
+            transaction_timeout_ms=transaction_timeout_ms,
+            **(options or {}),
+        )
+        self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self._released: set[TopicPartition] = set()
+        self._admin: Optional[AIOKafkaAdminClient] = None
+        self._admin_config = dict(bootstrap_servers=bootstrap_servers, **(options or {}))
+
+    def transactional_id(self, tp: TopicPartition) -> str:
+        # Stable per input partition: whoever owns the partition next fences us.
+        return f"{self._group_id}-{tp.topic}-{tp.partition}"
+
+    async def start(self) -> None:
+        """Producers are created per partition on first use; the admin client checks offsets then."""
+        if self._admin is None:
+            self._admin = AIOKafkaAdminClient(**self._admin_config)
+            await self._admin.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(p.stop() for p in self._producers.values()), return_exceptions=True)
+        self._producers.clear()
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
+
+    def units(self, deliveries: Sequence[Delivery]) -> list[list[Delivery]]:
+        """Each partition commits on its own, so a retry never repeats a committed share."""
+        return [[delivery] for delivery in deliveries]
+
+    def release(self, partitions: Sequence[TopicPartition]) -> None:
+        """Partitions were revoked: close their producers before the next delivery."""
+        self._released.update(partitions)
+
+    async def deliver(self, unit: Sequence[Delivery]) -> None:
+        await self._close_released(keep={d.source for d in unit})
+        for delivery in unit:
+            producer, fresh = await self._producer(delivery.source)
+            if fresh:
+                # A previous owner's transaction may have been committing while we read
+                # its offsets; starting our producer resolved it. Skip what it committed.
+                committed = await self._committed(delivery.source)
+                if committed >= delivery.next_offset:
+                    continue
+                delivery = delivery.from_offset(committed)
+            try:
+                async with producer.transaction():  # aborts on any exception
+                    await _send_all(producer, delivery.records)
+                    await producer.send_offsets_to_transaction(
+                        {delivery.source: delivery.next_offset}, self._group_id
+                    )
+            except ProducerFenced as exc:
+                await self._drop(delivery.source)
+                raise PartitionFenced(f"{delivery.source} is owned by another worker now") from exc
+            except Exception:
+                # The transaction was aborted (or will be, when a new producer of this id
+                # starts): retry from a fresh producer rather than reason about its state.
+                await self._drop(delivery.source)
+                raise
+
+    async def _producer(self, tp: TopicPartition) -> tuple[AIOKafkaProducer, bool]:
+        self._released.discard(tp)
+        producer = self._producers.get(tp)
+        if producer is not None:
+            return producer, False
+        producer = AIOKafkaProducer(transactional_id=self.transactional_id(tp), **self._config)
+        try:
+            await producer.start()  # init_transactions: fences older producers, settles their transaction
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producers[tp] = producer
+        return producer, True
+
+    async def _committed(self, tp: TopicPartition) -> int:
+        assert self._admin is not None, "TransactionalPublisher.start() was not awaited"
+        offsets = await self._admin.list_consumer_group_offsets(self._group_id, partitions=[tp])
+        meta = offsets.get(tp)
+        return meta.offset if meta is not None and meta.offset >= 0 else 0
+
+    async def _drop(self, tp: TopicPartition) -> None:
+        producer = self._producers.pop(tp, None)
+        if producer is not None:
+            try:
+                await producer.stop()
+            except Exception as exc:  # noqa: BLE001 - closing a fenced producer may fail; it's gone either way
+                log.debug("producer.close_failed", partition=str(tp), error=repr(exc))
+
+    async def _close_released(self, keep: set[TopicPartition]) -> None:
+        for tp in list(self._released - keep):
+            self._released.discard(tp)
+            await self._drop(tp)

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     dead_letter_topic: Optional[str] = Field(
         None, description="Topic for records that can't be scored; default <INPUT_TOPIC>-dlt."
     )
+    kafka_request_timeout_s: float = Field(
+        30.0, gt=0, description="How long the producer waits for a broker answer before a send counts as failed."
+    )
     publish_backoff_max_s: float = Field(
         30.0, gt=0, description="Longest pause between retries when the output can't be written."
     )

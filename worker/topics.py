@@ -6,7 +6,9 @@ process with one clear line instead of a loop of reconnect warnings.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from typing import Any, Optional
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
@@ -28,14 +30,25 @@ async def ensure_topics(
     partitions: int,
     replication_factor: int,
     timeout_s: float,
+    options: Optional[dict[str, Any]] = None,
 ) -> dict[str, int]:
     """Return each topic's partition count, creating missing ones when allowed."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000), client_id="sentiment-preflight"
+        bootstrap_servers=bootstrap_servers,
+        request_timeout_ms=int(timeout_s * 1000),
+        client_id="sentiment-preflight",
+        **(options or {}),
     )
     try:
         await admin.start()
     except (KafkaConnectionError, KafkaError, OSError) as exc:
+        with contextlib.suppress(Exception):
+            await admin.close()
+        if "auth" in type(exc).__name__.lower() or "sasl" in str(exc).lower():
+            raise KafkaSetupError(
+                f"Kafka at {bootstrap_servers} refused the credentials ({exc.__class__.__name__}: {exc}). "
+                "Check SASL_USERNAME / SASL_PASSWORD(_FILE) / SASL_MECHANISM."
+            ) from None
         raise KafkaSetupError(
             f"Cannot reach Kafka at {bootstrap_servers} ({exc.__class__.__name__}: {exc}). "
             "Check KAFKA_BOOTSTRAP_SERVERS and that the brokers are up (deploy/local/kafka status)."
