@@ -2,41 +2,28 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.kafka_helpers import free_port
+from tests.kafka_helpers import free_port, start_broker, stop_broker
 from tests.worker_process import WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
-KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka"
 
 
 @pytest.fixture(scope="session")
 def kafka_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A single-node KRaft broker of the tests' own (own data dir, free ports), via deploy/local/kafka."""
-    env = {
-        **os.environ,
-        "KAFKA_DATA_DIR": str(tmp_path_factory.mktemp("kafka-data")),
-        "KAFKA_PORT": str(free_port()),
-        "KAFKA_CONTROLLER_PORT": str(free_port()),
-    }
-    started = subprocess.run(
-        [str(KAFKA_SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=600
-    )
-    if started.returncode != 0:
-        pytest.fail(f"local Kafka did not start:\n{started.stdout}\n{started.stderr}")
-    env["BOOTSTRAP"] = started.stdout.strip().splitlines()[-1]
+    env = start_broker(tmp_path_factory.mktemp("kafka-data"))
     try:
         yield env
     finally:
-        subprocess.run([str(KAFKA_SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+        stop_broker(env)
 
 
 @pytest.fixture(scope="session")
@@ -86,5 +73,25 @@ def worker_factory(bootstrap: str, tiny_model: Path, tmp_path: Path) -> Iterator
         return proc
 
     yield start
+    for proc in started:  # SIGTERM all first, so that they shut down side by side
+        proc.terminate()
     for proc in started:
-        proc.stop()
+        proc.stop(timeout_s=30)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the fault-scenario figures (tests/test_faults.py) as a table, and keep them as JSON."""
+    from tests import test_faults
+
+    if not test_faults.RESULTS:
+        return
+    import json
+
+    cols = ["scenario", "guarantee", "produced", "scored", "lost", "duplicated", "restarts_by_supervisor", "seconds"]
+    terminalreporter.section("fault scenarios (independent read_committed consumer)")
+    terminalreporter.write_line(" | ".join(cols))
+    for row in test_faults.RESULTS:
+        terminalreporter.write_line(" | ".join(str(row.get(c, "")) for c in cols))
+    out = REPO / ".cache" / "test-reports"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "faults.json").write_text(json.dumps(test_faults.RESULTS, indent=2))

@@ -21,6 +21,33 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 REPO = Path(__file__).resolve().parents[1]
 
 
+KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka"
+
+
+def start_broker(
+    data_dir: Path, extra_properties: str = "", port: Optional[int] = None, controller_port: Optional[int] = None
+) -> dict[str, str]:
+    """A broker of the tests' own through deploy/local/kafka; returns its env, with BOOTSTRAP added."""
+    import os
+
+    env = {
+        **os.environ,
+        "KAFKA_DATA_DIR": str(data_dir),
+        "KAFKA_PORT": str(port or free_port()),
+        "KAFKA_CONTROLLER_PORT": str(controller_port or free_port()),
+        "KAFKA_EXTRA_PROPERTIES": extra_properties,
+    }
+    started = subprocess.run([str(KAFKA_SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=600)
+    if started.returncode != 0:
+        raise RuntimeError(f"local Kafka did not start:\n{started.stdout}\n{started.stderr}")
+    env["BOOTSTRAP"] = started.stdout.strip().splitlines()[-1]
+    return env
+
+
+def stop_broker(env: dict[str, str]) -> None:
+    subprocess.run([str(KAFKA_SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

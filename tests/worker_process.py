@@ -41,8 +41,23 @@ class WorkerProcess:
             time.sleep(0.2)
         raise AssertionError(f"worker not ready after {timeout_s}s:\n{self.log_text()[-4000:]}")
 
+    def wait_joined(self, timeout_s: float = 90.0) -> "WorkerProcess":
+        """Block until the worker has joined its group (an assignment, possibly empty, was logged)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
+            if self.events("partitions.assigned"):
+                return self
+            time.sleep(0.2)
+        raise AssertionError(f"worker did not join after {timeout_s}s:\n{self.log_text()[-4000:]}")
+
     def wait_exit(self, timeout_s: float = 60.0) -> int:
         return self.proc.wait(timeout=timeout_s)
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
 
     def stop(self, timeout_s: float = 40.0) -> Optional[int]:
         if self.proc.poll() is None:

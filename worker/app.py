@@ -14,18 +14,23 @@ import time
 from typing import Any
 
 import faust
+from aiokafka import TopicPartition
 from mode import CrashingSupervisor
 
 from worker import logs, metrics
+from worker.aio import bounded
 from worker.codec import Source
+from worker.commits import OffsetCommitter
 from worker.pipeline import BatchPipeline, Consumed
 from worker.publisher import Publisher, TransactionalPublisher
-from worker.security import faust_credentials
+from worker.security import aiokafka_options, faust_credentials
+from worker.watchdog import LagProbe, StallWatchdog
 from worker.settings import Settings
 
 log = logs.get_logger(__name__)
 
 DRAIN_TIMEOUT_S = 20.0
+PROBE_TIMEOUT_S = 10.0
 
 
 def _consumed(event: Any) -> Consumed:
@@ -53,10 +58,10 @@ def create_app(
 ) -> faust.App:
     """Wire a Faust app around an already loaded pipeline.
 
-    In exactly-once mode the input offsets are committed inside each output
-    transaction (``send_offsets_to_transaction``), so Faust's own offset commits
-    are switched off: Faust still tracks acks (for rebalances and shutdown),
-    but only a committed transaction moves the group's position.
+    Faust's own offset commits are switched off (see ``worker.commits``): in
+    at-least-once mode an :class:`OffsetCommitter` commits what the pipeline
+    has published; in exactly-once mode each output transaction commits its
+    input offsets (``send_offsets_to_transaction``).
     """
     app = faust.App(
         settings.group_id,
@@ -66,7 +71,6 @@ def create_app(
         stream_wait_empty=True,
         topic_disable_leader=True,
         topic_allow_declare=False,
-        broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset=settings.auto_offset_reset,
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
@@ -74,6 +78,8 @@ def create_app(
         web_in_thread=False,
         datadir=str(settings.data_dir),
         broker_credentials=faust_credentials(settings),
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         consumer_group_instance_id=settings.group_instance_id,
         key_serializer="raw",
         value_serializer="raw",
@@ -83,6 +89,7 @@ def create_app(
         allow_empty=True,
     )
     state = {"assigned": 0, "started": False}
+    committer = OffsetCommitter(pipeline.next_offsets)
     wait_s = settings.batch_max_wait_ms / 1000
 
     async def fail(exc: BaseException) -> None:
@@ -90,8 +97,9 @@ def create_app(
 
     @app.agent(topic, name="score", concurrency=1, supervisor_strategy=CrashingSupervisor)
     async def score(stream: faust.StreamT) -> None:
-        if publisher.transactional:
-            app.consumer._commit = _no_commit  # noqa: SLF001 - see create_app's docstring
+        if not publisher.transactional:
+            committer.bind(app.consumer._commit)  # noqa: SLF001 - see worker.commits
+        app.consumer._commit = _no_commit  # noqa: SLF001
         await publisher.start()
         state["started"] = True
         pipeline.start(stream.ack, fail)
@@ -101,19 +109,30 @@ def create_app(
     @app.on_partitions_assigned.connect
     async def _assigned(app_: faust.App, assigned: set, **_: Any) -> None:
         state["assigned"] = len(assigned)
+        metrics.ASSIGNED_PARTITIONS.set(len(assigned))
+        committer.forget((tp.topic, tp.partition) for tp in assigned)
         log.info("partitions.assigned", count=len(assigned), partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
     @app.on_partitions_revoked.connect
     async def _revoked(app_: faust.App, revoked: set, **_: Any) -> None:
         state["assigned"] = 0
+        # Faust has waited for every consumed event to be acked (published): commit them
+        # while the partitions are still ours.
+        await committer.commit()
         publisher.release(list(revoked))
 
     @app.on_before_shutdown.connect
     async def _shutdown(app_: faust.App, **_: Any) -> None:
-        # Faust has already waited for every consumed event to be acked and
-        # committed them (stream_wait_empty); what remains is closing up.
+        # Faust has stopped fetching and waited for every consumed event to be
+        # acked, i.e. published (stream_wait_empty): commit those, then close up.
         await pipeline.drain(DRAIN_TIMEOUT_S)
+        await committer.commit()
         await publisher.stop()
+        await probe.stop()
+
+    @app.timer(settings.commit_interval_s)
+    async def _commit_published() -> None:
+        await committer.commit()
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
@@ -128,23 +147,33 @@ def create_app(
     info = pipeline.model_info
     metrics.MODEL_INFO.labels(info.name, info.revision or "", info.device, info.precision).set(1)
 
+    probe = LagProbe(settings.kafka_bootstrap_servers, settings.group_id, aiokafka_options(settings))
+    watchdog = StallWatchdog(settings.stall_timeout_s)
     lagging: set[tuple[str, int]] = set()
 
     @app.timer(5.0)
     async def _lag() -> None:
-        # Lag per assigned partition: the broker's high watermark minus the next offset to ack.
-        # (Unknown until the first ack of a partition; broker-side lag exporters cover that gap.)
-        current: set[tuple[str, int]] = set()
-        for tp in app.consumer.assignment():
-            highwater = app.consumer.highwater(tp)
-            acked = pipeline.next_offsets.get((tp.topic, tp.partition))
-            if highwater is not None and acked is not None:
-                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - acked))
-                current.add((tp.topic, tp.partition))
+        assigned = [TopicPartition(tp.topic, tp.partition) for tp in app.consumer.assignment()]
+        try:
+            lag = await bounded(probe.lag(assigned, pipeline.next_offsets), PROBE_TIMEOUT_S)
+            orphaned = 0 if assigned else await bounded(probe.orphaned_lag(settings.input_topic), PROBE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - the broker may be away; reconnect next tick
+            log.debug("lag.unavailable", error=repr(exc))
+            await probe.stop()
+            return
+        current = {(tp.topic, tp.partition) for tp in lag}
+        for tp, behind in lag.items():
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(behind)
         for topic, partition in lagging - current:
             metrics.CONSUMER_LAG.remove(topic, str(partition))
         lagging.clear()
         lagging.update(current)
+        total = sum(lag.values()) + orphaned
+        if watchdog.stalled(consumed=pipeline.stats.consumed, pending=pipeline.in_flight, lag=total):
+            exc = RuntimeError(f"consumer stalled: {total} records waiting, none consumed for {settings.stall_timeout_s:.0f} s")
+            log.error("consumer.stalled", lag=total, seconds=settings.stall_timeout_s)
+            pipeline.failure = exc
+            await app.crash(exc)
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Any:

@@ -43,7 +43,10 @@ CONSUMER_LAG = Gauge(
     "Records behind the partition's end (high watermark minus next offset to ack).",
     ["topic", "partition"],
 )
-TRANSACTIONS = Counter(f"{PREFIX}_transactions", "Kafka transactions in exactly-once mode.", ["outcome"])
+ASSIGNED_PARTITIONS = Gauge(f"{PREFIX}_assigned_partitions", "Input partitions this replica owns (0: idle).")
+TRANSACTIONS = Counter(
+    f"{PREFIX}_transactions", "Kafka transactions in exactly-once mode; outcome=committed, aborted or fenced.", ["outcome"]
+)
 PUBLISH_ERRORS = Counter(f"{PREFIX}_publish_errors", "Failed publish attempts (retried with backoff).", ["topic"])
 FAILURES = Counter(f"{PREFIX}_pipeline_failures", "Fatal pipeline errors (the worker exits).")
 MODEL_INFO = Gauge(

@@ -176,6 +176,7 @@ class BatchPipeline:
         self._publisher_task: Optional[asyncio.Task[None]] = None
         self.failure: Optional[BaseException] = None
         self.stats = Stats()
+        self.acked = 0  # events acknowledged so far; consumed - acked = events in the pipeline
         # Next offset to acknowledge per (topic, partition): what consumer lag is measured from.
         self.next_offsets: dict[tuple[str, int], int] = {}
 
@@ -202,7 +203,8 @@ class BatchPipeline:
 
     @property
     def in_flight(self) -> int:
-        return self._queue.qsize()
+        """Events consumed and not yet acknowledged."""
+        return self.stats.consumed - self.acked
 
     # -- stage 1: decode and start scoring (called by the stream) ---------------
 
@@ -320,11 +322,8 @@ class BatchPipeline:
                 reason = "tokenize_failed" if isinstance(outcome, TokenizeFailed) else "inference_failed"
                 records[index] = self._dead_letter(item, reason, type(cause).__name__, str(cause) or repr(cause))
                 continue
-            scored_count += 1
-            records[index] = OutboundRecord(
-                topic=self._output_topic,
-                key=item.key,
-                value=encode_output(
+            try:
+                value = encode_output(
                     record,
                     item.source,
                     label=outcome.label,
@@ -334,8 +333,12 @@ class BatchPipeline:
                     model=self._model_block,
                     processed_at=processed_at,
                     include_text=self._include_text,
-                ),
-            )
+                )
+            except (TypeError, ValueError) as exc:  # orjson: a value it can't write; never stall on it
+                records[index] = self._dead_letter(item, "encode_failed", type(exc).__name__, str(exc))
+                continue
+            scored_count += 1
+            records[index] = OutboundRecord(topic=self._output_topic, key=item.key, value=value)
         deliveries: dict[TopicPartition, Delivery] = {}
         for index, item in enumerate(batch.consumed):  # per partition, in offset order
             tp = TopicPartition(item.source.topic, item.source.partition)
@@ -348,6 +351,7 @@ class BatchPipeline:
         for item in batch.consumed:  # offset order per partition, as consumed
             await self._acker(item.handle)
             self.next_offsets[(item.source.topic, item.source.partition)] = item.source.offset + 1
+            self.acked += 1
         dead = len(records) - scored_count
         self._observe(batch, scored, publish_s, scored=scored_count, dead=dead)
 

@@ -24,10 +24,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import ProducerFenced
 
 from worker import logs
+from worker.aio import bounded
 
 log = logs.get_logger(__name__)
 
 Headers = tuple[tuple[str, bytes], ...]
+STOP_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,24 @@ class Delivery:
         """Only what lies at or after ``committed`` (the rest was committed by a previous owner)."""
         kept = [(o, r) for o, r in zip(self.source_offsets, self.records) if o >= committed]
         return Delivery(self.source, [r for _, r in kept], [o for o, _ in kept], self.next_offset)
+
+
+async def _open_producer(config: dict[str, Any], deadline_s: float) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(**config)
+    try:
+        await bounded(producer.start(), deadline_s)
+    except BaseException:
+        await _close(producer)
+        raise
+    return producer
+
+
+async def _close(producer: AIOKafkaProducer) -> None:
+    """Stop a producer that may be broken; give up on it after a few seconds."""
+    try:
+        await bounded(producer.stop(), STOP_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - it is being discarded either way
+        log.debug("producer.close_failed", error=repr(exc))
 
 
 class PartitionFenced(Exception):
@@ -96,12 +116,12 @@ class Publisher:
             **(options or {}),
         )
         self._producer: Optional[AIOKafkaProducer] = None
+        self._deadline_s = max(10.0, 3 * request_timeout_ms / 1000)
 
     async def start(self) -> None:
         """Create and connect the producer (aiokafka needs the running loop for this)."""
         if self._producer is None:
-            self._producer = AIOKafkaProducer(**self._config)
-            await self._producer.start()
+            self._producer = await _open_producer(self._config, self._deadline_s)
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -113,8 +133,19 @@ class Publisher:
         return [list(deliveries)] if deliveries else []
 
     async def deliver(self, unit: Sequence[Delivery]) -> None:
-        assert self._producer is not None, "Publisher.start() was not awaited"
-        await _send_all(self._producer, [record for delivery in unit for record in delivery.records])
+        await self.start()
+        assert self._producer is not None
+        try:
+            await bounded(
+                _send_all(self._producer, [record for delivery in unit for record in delivery.records]),
+                self._deadline_s,
+            )
+        except Exception:
+            # After a broker restart an idempotent producer can be stuck for good
+            # (OutOfOrderSequenceNumber, unknown producer id): retry with a fresh one.
+            producer, self._producer = self._producer, None
+            await _close(producer)
+            raise
 
     def release(self, partitions: Sequence[TopicPartition]) -> None:
         """Nothing is held per partition in this mode."""
@@ -135,6 +166,8 @@ class TransactionalPublisher:
         options: Optional[dict[str, Any]] = None,
     ) -> None:
         self._group_id = group_id
+        # A transaction that hasn't committed by then is given up and retried with a new producer.
+        self._deadline_s = max(10.0, 3 * request_timeout_ms / 1000)
         self._config = dict(
             bootstrap_servers=bootstrap_servers,
             request_timeout_ms=request_timeout_ms,
@@ -161,7 +194,7 @@ class TransactionalPublisher:
             await self._admin.start()
 
     async def stop(self) -> None:
-        await asyncio.gather(*(p.stop() for p in self._producers.values()), return_exceptions=True)
+        await asyncio.gather(*(_close(p) for p in self._producers.values()))
         self._producers.clear()
         if self._admin is not None:
             await self._admin.close()
@@ -179,55 +212,53 @@ class TransactionalPublisher:
         await self._close_released(keep={d.source for d in unit})
         for delivery in unit:
             producer, fresh = await self._producer(delivery.source)
-            if fresh:
-                # A previous owner's transaction may have been committing while we read
-                # its offsets; starting our producer resolved it. Skip what it committed.
-                committed = await self._committed(delivery.source)
-                if committed >= delivery.next_offset:
-                    continue
-                delivery = delivery.from_offset(committed)
             try:
-                async with producer.transaction():  # aborts on any exception
-                    await _send_all(producer, delivery.records)
-                    await producer.send_offsets_to_transaction(
-                        {delivery.source: delivery.next_offset}, self._group_id
-                    )
+                if fresh:
+                    # A previous owner's transaction may have been committing while we read
+                    # its offsets; starting our producer settled it. Skip what it committed.
+                    committed = await self._committed(delivery.source)
+                    if committed >= delivery.next_offset:
+                        continue
+                    delivery = delivery.from_offset(committed)
+                await bounded(self._transact(producer, delivery), self._deadline_s)
             except ProducerFenced as exc:
                 await self._drop(delivery.source)
                 raise PartitionFenced(f"{delivery.source} is owned by another worker now") from exc
             except Exception:
-                # The transaction was aborted (or will be, when a new producer of this id
-                # starts): retry from a fresh producer rather than reason about its state.
+                # No abort here: it can hang on the very fault that failed the transaction.
+                # The next producer with this id bumps the epoch, which aborts it for us.
                 await self._drop(delivery.source)
                 raise
+
+    async def _transact(self, producer: AIOKafkaProducer, delivery: Delivery) -> None:
+        await producer.begin_transaction()
+        await _send_all(producer, delivery.records)
+        await producer.send_offsets_to_transaction({delivery.source: delivery.next_offset}, self._group_id)
+        await producer.commit_transaction()
 
     async def _producer(self, tp: TopicPartition) -> tuple[AIOKafkaProducer, bool]:
         self._released.discard(tp)
         producer = self._producers.get(tp)
         if producer is not None:
             return producer, False
-        producer = AIOKafkaProducer(transactional_id=self.transactional_id(tp), **self._config)
-        try:
-            await producer.start()  # init_transactions: fences older producers, settles their transaction
-        except BaseException:
-            await producer.stop()
-            raise
+        # Starting runs init_transactions: it fences older producers of this id and
+        # settles their open transaction.
+        producer = await _open_producer({**self._config, "transactional_id": self.transactional_id(tp)}, self._deadline_s)
         self._producers[tp] = producer
         return producer, True
 
     async def _committed(self, tp: TopicPartition) -> int:
         assert self._admin is not None, "TransactionalPublisher.start() was not awaited"
-        offsets = await self._admin.list_consumer_group_offsets(self._group_id, partitions=[tp])
+        offsets = await bounded(
+            self._admin.list_consumer_group_offsets(self._group_id, partitions=[tp]), self._deadline_s
+        )
         meta = offsets.get(tp)
         return meta.offset if meta is not None and meta.offset >= 0 else 0
 
     async def _drop(self, tp: TopicPartition) -> None:
         producer = self._producers.pop(tp, None)
         if producer is not None:
-            try:
-                await producer.stop()
-            except Exception as exc:  # noqa: BLE001 - closing a fenced producer may fail; it's gone either way
-                log.debug("producer.close_failed", partition=str(tp), error=repr(exc))
+            await _close(producer)
 
     async def _close_released(self, keep: set[TopicPartition]) -> None:
         for tp in list(self._released - keep):

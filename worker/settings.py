@@ -121,6 +121,14 @@ class Settings(BaseSettings):
     publish_backoff_max_s: float = Field(
         30.0, gt=0, description="Longest pause between retries when the output can't be written."
     )
+    session_timeout_s: float = Field(
+        30.0, ge=6, description="A replica that sends no heartbeat for this long loses its partitions."
+    )
+    stall_timeout_s: float = Field(
+        120.0,
+        ge=0,
+        description="Exit (to be restarted) when input waits but nothing was consumed for this long; 0: never.",
+    )
     group_instance_id: Optional[str] = Field(
         None, description="Static group membership id (e.g. the pod name): no rebalance on quick restarts."
     )
@@ -163,7 +171,7 @@ class Settings(BaseSettings):
         None, description="Hub revision (branch, tag or commit) to pin; ignored for local paths."
     )
     device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
-    precision: Precision = Field(Precision.auto, description="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16.")
+    precision: Precision = Field(Precision.auto, description="auto (fp16 on CUDA, else fp32), fp32, fp16 (CUDA), bf16, int8 (CPU).")
     max_length: int = Field(
         512, ge=8, description="Token limit per text; longer texts are truncated (and flagged)."
     )

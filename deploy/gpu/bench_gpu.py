@@ -1,0 +1,215 @@
+"""Engine ceiling on a GPU (fp16 and bf16; short and mixed), plus the no-op worker run where Kafka can run.
+
+Run through deploy/gpu/bench.sh. The ceiling part needs only torch and
+transformers: it builds a randomly initialised DistilBERT-base (the real
+checkpoint's compute) in memory and times ``worker.engine.SentimentEngine.infer``
+-- the worker's own sub-batch planning, padding and forward path -- on
+pre-tokenised batches of synthetic token ids whose lengths follow the bench
+workloads (short: 8-48 tokens; mixed: 80 % short, 20 % 100-512). Several batch
+sizes are tried, since a GPU wants far bigger batches than the CPU default of
+64; the best one is the ceiling. The overhead run (``sentiment-worker bench
+--runs noop``) is what decides whether one worker process can feed that
+ceiling; it is skipped with a note when the project's dependencies, Java or the
+Kafka jars are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Optional
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from worker.engine import Encoded, ModelInfo, SentimentEngine  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def lengths_for(workload: str, n: int, seed: int = 0) -> list[int]:
+    """Same distributions as worker/bench.py (tokens include [CLS] and [SEP])."""
+    rng = random.Random(f"{workload}-{seed}")
+    out = []
+    for _ in range(n):
+        if workload == "short" or (workload == "mixed" and rng.random() < 0.8):
+            out.append(rng.randint(8, 48))
+        elif workload == "mixed":
+            out.append(rng.randint(100, 512))
+        elif workload == "long":
+            out.append(rng.randint(200, 512))
+        else:
+            raise ValueError(workload)
+    return out
+
+
+def build_engine(device: torch.device, precision: str, rows: int, max_tokens: int, quick: bool) -> SentimentEngine:
+    from transformers import AutoModelForSequenceClassification, DistilBertConfig
+
+    dims = dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64) if quick else dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072)
+    config = DistilBertConfig(vocab_size=30522, max_position_embeddings=512, num_labels=2, pad_token_id=0, **dims)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa", dtype=DTYPES[precision])
+    model.eval().to(device)
+    info = ModelInfo(
+        name="random distilbert-" + ("tiny" if quick else "base"), revision=None, device=str(device),
+        precision=precision, labels=("NEGATIVE", "POSITIVE"), random_weights=True,
+        attention=str(getattr(model.config, "_attn_implementation", "sdpa")),
+    )
+    return SentimentEngine(model, SimpleNamespace(pad_token_id=0), info, max_length=512,
+                           max_batch_tokens=max_tokens, max_batch_rows=rows)
+
+
+def encoded_batches(workload: str, events: int, rows: int) -> list[Encoded]:
+    rng = random.Random(1)
+    lengths = lengths_for(workload, events)
+    ids = [[101] + [rng.randrange(1000, 30000) for _ in range(n - 2)] + [102] for n in lengths]
+    return [Encoded(input_ids=ids[i: i + rows], truncated=[False] * len(ids[i: i + rows])) for i in range(0, len(ids), rows)]
+
+
+def ceiling(device: torch.device, precision: str, workload: str, rows: int, max_tokens: int, events: int,
+            seconds: float, quick: bool) -> dict[str, Any]:
+    engine = build_engine(device, precision, rows, max_tokens, quick)
+    batches = encoded_batches(workload, events, rows)
+    for encoded in batches[:3]:  # kernels and allocator for this workload's shapes
+        engine.infer(encoded)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    done, real, padded, calls = 0, 0, 0, 0
+    t0 = time.perf_counter()
+    while True:
+        for encoded in batches:
+            engine.infer(encoded)  # returns Python floats: synchronises like the worker does
+            done += encoded.texts
+            real += engine.last_report.real_tokens
+            padded += engine.last_report.padded_tokens
+            calls += engine.last_report.model_calls
+        if time.perf_counter() - t0 >= seconds:
+            break
+    elapsed = time.perf_counter() - t0
+    result = {
+        "precision": precision, "workload": workload, "batch_rows": rows, "max_batch_tokens": max_tokens,
+        "events": done, "seconds": round(elapsed, 2), "events_per_s": round(done / elapsed, 1),
+        "tokens_per_s": round(real / elapsed), "padding_efficiency": round(real / padded, 4),
+        "model_calls_per_batch": round(calls / (done / rows), 2), "attention": engine.info.attention,
+    }
+    if device.type == "cuda":
+        result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        torch.cuda.reset_peak_memory_stats()
+    del engine
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def overhead_run(events: int, timeout_s: float) -> dict[str, Any]:
+    """``sentiment-worker bench --runs noop``: Kafka + Python path with the model's forward pass skipped."""
+    missing = [m for m in ("faust", "aiokafka", "orjson", "structlog", "pydantic_settings", "typer", "tqdm", "matplotlib")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        return {"skipped": f"project dependencies missing: {', '.join(missing)}"}
+    if shutil.which("java") is None:
+        return {"skipped": "no java on PATH (the local Kafka broker needs Java 17+)"}
+    if not any((REPO / ".cache" / "kafka").glob("*/libs/*.jar")) and shutil.which("mvn") is None:
+        return {"skipped": "no Kafka jars in .cache/kafka and no Maven to fetch them"}
+    out = Path(tempfile.mkdtemp(prefix="gpu-noop-"))
+    cmd = [sys.executable, "-m", "worker.bench", "--runs", "noop", "--workloads", "short", "--noop-events", str(events),
+           "--device", "cpu", "--out", str(out)]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"overhead run took longer than {timeout_s:.0f}s"}
+    if proc.returncode != 0:
+        return {"skipped": f"overhead run failed: {proc.stderr[-800:]}"}
+    report = json.loads((out / "bench.json").read_text())
+    row = next((r for r in report["results"] if r["run"] == "noop"), {})
+    return {k: row.get(k) for k in ("events", "events_per_s", "batch_max_size", "p50_ms", "p99_ms", "peak_rss_mib", "error")}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu (rehearsal)")
+    parser.add_argument("--precisions", default=None, help="default fp16,bf16 on CUDA, fp32,bf16 on CPU")
+    parser.add_argument("--workloads", default="short,mixed")
+    parser.add_argument("--batch-rows", default=None, help="batch sizes to try (default 64,256,1024; quick: 16,64)")
+    parser.add_argument("--max-batch-tokens", type=int, default=None, help="default 65536 (quick: 4096)")
+    parser.add_argument("--events", type=int, default=None, help="events per pass (default 4096; quick 128)")
+    parser.add_argument("--seconds", type=float, default=None, help="least time per configuration (default 4; quick 0.5)")
+    parser.add_argument("--overhead", choices=("auto", "on", "off"), default="auto",
+                        help="no-op worker run through Kafka: auto = when Java/Kafka/deps are present")
+    parser.add_argument("--overhead-events", type=int, default=50000)
+    parser.add_argument("--quick", action="store_true", help="tiny model, few events: a rehearsal of the script")
+    parser.add_argument("--json", type=Path, default=None, help="also write all results here")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA device (use --device cpu to rehearse)", file=sys.stderr)
+        return 2
+    precisions = (args.precisions or ("fp16,bf16" if device.type == "cuda" else "fp32,bf16")).split(",")
+    rows_list = [int(x) for x in (args.batch_rows or ("16,64" if args.quick else "64,256,1024")).split(",")]
+    max_tokens = args.max_batch_tokens or (4096 if args.quick else 65536)
+    events = args.events or (128 if args.quick else 4096)
+    seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 4.0)
+    started = time.perf_counter()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"gpu bench: {name}, torch {torch.__version__}, precisions {precisions}, batch rows {rows_list}", file=sys.stderr)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    results = []
+    for workload in args.workloads.split(","):
+        for precision in precisions:
+            for rows in rows_list:
+                r = ceiling(device, precision, workload, rows, max_tokens, events, seconds, args.quick)
+                results.append(r)
+                print(f"  ceiling {workload:<6} {precision:<5} rows {rows:>5}: {r['events_per_s']:>10,.1f} ev/s "
+                      f"({r['tokens_per_s']:,} tok/s, padding eff {r['padding_efficiency']:.3f})", file=sys.stderr, flush=True)
+
+    overhead: dict[str, Any] = {"skipped": "--overhead off"}
+    if args.overhead != "off":
+        print("  overhead run (no-op model through Kafka) ...", file=sys.stderr, flush=True)
+        overhead = overhead_run(2000 if args.quick else args.overhead_events, timeout_s=240)
+        if args.overhead == "on" and "skipped" in overhead:
+            print(f"error: overhead run: {overhead['skipped']}", file=sys.stderr)
+
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results:
+        key = (r["workload"], r["precision"])
+        if key not in best or r["events_per_s"] > best[key]["events_per_s"]:
+            best[key] = r
+    report = {"device": name, "torch": torch.__version__, "quick": args.quick, "ceiling": results,
+              "best": [best[k] for k in sorted(best)], "overhead": overhead,
+              "seconds": round(time.perf_counter() - started, 1)}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+    print()
+    print(f"engine ceiling on {name} ({'tiny' if args.quick else 'DistilBERT-base'}, random weights), best batch size:")
+    print(f"{'workload':<8} {'prec':<5} {'rows':>5} {'events/s':>11} {'tokens/s':>11} {'pad eff':>7}")
+    for (workload, precision), r in sorted(best.items()):
+        print(f"{workload:<8} {precision:<5} {r['batch_rows']:>5} {r['events_per_s']:>11,.1f} {r['tokens_per_s']:>11,} {r['padding_efficiency']:>7.3f}")
+    if "skipped" in overhead:
+        print(f"overhead run (no-op model, Kafka): skipped: {overhead['skipped']}")
+    else:
+        print(f"overhead run (no-op model, Kafka, one process): {overhead.get('events_per_s')} events/s "
+              f"(batch {overhead.get('batch_max_size')}, {overhead.get('events')} events)")
+    print(f"total {report['seconds']} s")
+    return 0 if not (args.overhead == "on" and "skipped" in overhead) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

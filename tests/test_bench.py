@@ -1,0 +1,94 @@
+"""``sentiment-worker bench --quick`` as a smoke test (no timing assertions), plus its pure helpers.
+
+The quick bench runs every run kind once on the tiny model against the session's
+broker, and must leave a JSON report with the documented fields and a PNG chart.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from worker import bench
+
+REPO = Path(__file__).resolve().parents[1]
+ROW_FIELDS = {"run", "workload", "precision", "events", "events_per_s", "p50_ms", "p95_ms", "p99_ms",
+              "padding_efficiency", "peak_rss_mib"}
+
+
+def test_workload_lengths_follow_the_issue() -> None:
+    short = bench.token_lengths("short", 500)
+    assert min(short) >= 8 and max(short) <= 48
+    long = bench.token_lengths("long", 200)
+    assert min(long) >= 200 and max(long) <= 512
+    mixed = bench.token_lengths("mixed", 1000)
+    share_long = sum(n >= 100 for n in mixed) / len(mixed)
+    assert 0.15 < share_long < 0.25 and max(mixed) <= 512
+    assert bench.token_lengths("mixed", 50) == bench.token_lengths("mixed", 50)  # deterministic
+
+
+def test_texts_have_the_intended_token_counts(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    texts = bench.make_texts("mixed", 100)
+    got = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    assert got == bench.token_lengths("mixed", 100)
+
+
+def test_percentile() -> None:
+    assert bench.percentile([], 50) is None
+    assert bench.percentile([1, 2, 3, 4], 50) == 2.5
+    assert bench.percentile(list(range(101)), 99) == 99
+
+
+@pytest.mark.kafka
+def test_quick_bench_writes_json_and_png(bootstrap: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "bench", "--quick", "--bootstrap", bootstrap, "--out", str(out),
+         "--cache", str(tmp_path / "cache"), "--events", "48", "--baseline-events", "16", "--noop-events", "300",
+         "--trickle-seconds", "4"],
+        cwd=REPO, capture_output=True, text=True, timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((out / "bench.json").read_text())
+    assert {"machine", "config", "results", "ratios", "targets"} <= set(report)
+    runs = {row["run"]: row for row in report["results"]}
+    assert set(runs) == set(bench.RUNS)
+    for name, row in runs.items():
+        assert "error" not in row, (name, row.get("error"))
+        assert ROW_FIELDS <= set(row), name
+        assert row["peak_rss_mib"] and row["peak_rss_mib"] > 0, name
+    for name in ("ceiling", "e2e", "naive", "batched", "noop"):
+        assert runs[name]["events_per_s"] > 0, name
+    for name in ("e2e", "naive", "batched", "noop", "trickle"):
+        assert runs[name]["p99_ms"] is not None and runs[name]["p99_ms"] >= runs[name]["p50_ms"], name
+    assert 0 < runs["e2e"]["padding_efficiency"] <= 1
+    assert report["ratios"]["e2e_vs_ceiling_short_fp32"] is not None
+    assert report["ratios"]["e2e_vs_naive_short_fp32"] is not None
+    assert {check["target"] for check in report["targets"]}
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "target" in proc.stdout and "ceiling" in proc.stdout  # the table
+
+
+def test_gpu_script_rehearses_on_cpu(tmp_path: Path) -> None:
+    """deploy/gpu/bench.sh must work before a GPU machine is ever lent: rehearse it on the CPU."""
+    result = tmp_path / "gpu.json"
+    proc = subprocess.run(
+        [str(REPO / "deploy" / "gpu" / "bench.sh"), "--device", "cpu", "--quick", "--overhead", "off",
+         "--workloads", "short,mixed", "--batch-rows", "16", "--events", "32", "--seconds", "0",
+         "--json", str(result)],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(result.read_text())
+    assert {(r["workload"], r["precision"]) for r in report["best"]} == {
+        ("short", "fp32"), ("short", "bf16"), ("mixed", "fp32"), ("mixed", "bf16")}
+    assert all(r["events_per_s"] > 0 for r in report["ceiling"])
+    assert proc.stdout.strip().splitlines()[-1].startswith("total")
+    assert "engine ceiling" in proc.stdout

@@ -1,0 +1,15 @@
+"""The README documents every setting the worker reads."""
+
+from pathlib import Path
+
+from worker.settings import Settings
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_every_setting_has_a_row_in_the_configuration_table() -> None:
+    missing = [
+        name for name in Settings.model_fields
+        if f"| `{name.upper()}` | `--{name.replace('_', '-')}` |" not in README
+    ]
+    assert missing == []
