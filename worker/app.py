@@ -158,7 +158,7 @@ def create_app(
             lag = await bounded(probe.lag(assigned, pipeline.next_offsets), PROBE_TIMEOUT_S)
             orphaned = 0 if assigned else await bounded(probe.orphaned_lag(settings.input_topic), PROBE_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - the broker may be away; reconnect next tick
-            log.debug("lag.unavailable", error=repr(exc))
+            log.warning("lag.unavailable", error=repr(exc))
             await probe.stop()
             return
         current = {(tp.topic, tp.partition) for tp in lag}

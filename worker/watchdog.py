@@ -4,9 +4,9 @@ The lag is measured from the broker (end offsets and the group's committed
 offsets, through a group-less client), so it is known from the first second,
 also for partitions that have not been consumed yet.
 
-After a broker restart the Faust consumer has been seen to stay idle with input
-waiting (no error, no rebalance). A worker that holds partitions, has nothing
-in flight, has consumed nothing for ``stall_timeout_s`` and yet has lag is
+A defence in depth against a consumer that stops fetching without an error: a
+worker that holds partitions (or fell out of its group), has nothing in flight,
+has consumed nothing for ``stall_timeout_s`` and yet has input waiting is
 stuck: it exits non-zero so its orchestrator restarts it (uncommitted input is
 consumed again; nothing is lost).
 """
