@@ -99,7 +99,7 @@ async def stream(bootstrap: str, topic: str, produced: Produced, done: asyncio.E
         )
 
     producer = new_producer()
-    await producer.start()
+    await asyncio.wait_for(producer.start(), 15)
     try:
         chunk = 50
         interval = STREAM_SECONDS / (EVENTS / chunk)
@@ -120,7 +120,7 @@ async def stream(bootstrap: str, topic: str, produced: Produced, done: asyncio.E
                     await asyncio.sleep(0.5)
                     producer = new_producer()
                     with contextlib.suppress(Exception):
-                        await producer.start()
+                        await asyncio.wait_for(producer.start(), 15)
             produced.ids.update(ids)
             await asyncio.sleep(interval)
     finally:
@@ -199,7 +199,7 @@ async def test_no_loss_under_faults(scenario, guarantee, worker_factory, bootstr
             committed = await committed_offsets(bootstrap, topics["group_id"], topics["input_topic"])
             assert notes["exit_code"] == 0 and notes["stop_seconds"] < 30, notes
             notes["committed_at_stop"] = sum(committed.values())
-        await producer_task
+        await asyncio.wait_for(asyncio.shield(producer_task), STREAM_SECONDS + 120)
     finally:
         done.set()
         await supervisor
