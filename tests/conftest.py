@@ -8,12 +8,28 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis  # noqa: F401 - see below
 import pytest
 
 from tests.kafka_helpers import free_port, start_broker, stop_broker
 from tests.worker_process import WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
+# hypothesis is imported above, at a shallow stack: otherwise its pytest plugin imports it
+# inside the terminal summary, where the assertion rewriter's ast.parse trips CPython
+# 3.11.7's recursion bookkeeping (SystemError: AST constructor recursion depth mismatch)
+# whenever a run collects no hypothesis test.
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_worker_outlives_the_session() -> Iterator[None]:
+    """Last line of defence: a worker whose test never stopped it is killed, and said so."""
+    yield
+    for proc in list(WorkerProcess.live):
+        if proc.proc.poll() is None:
+            print(f"\nkilling a worker left running by its test (log: {proc.log_path})")
+            proc.proc.kill()
+        proc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +65,13 @@ def topics() -> dict[str, str]:
 def worker_factory(bootstrap: str, tiny_model: Path, tmp_path: Path) -> Iterator[object]:
     """Start worker processes; every one started is stopped at the end of the test."""
     started: list[WorkerProcess] = []
+    closed = False
 
     def start(*, fault_flag: Path | None = None, faulty: bool = False, **settings: object) -> WorkerProcess:
+        # The event loop is shared by the session: a task of a test that was interrupted
+        # (pytest-timeout) can outlive it and must not start workers nobody will stop.
+        if closed:
+            raise RuntimeError("worker_factory used after its test ended")
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "MODEL": str(tiny_model),
@@ -73,6 +94,7 @@ def worker_factory(bootstrap: str, tiny_model: Path, tmp_path: Path) -> Iterator
         return proc
 
     yield start
+    closed = True
     for proc in started:  # SIGTERM all first, so that they shut down side by side
         proc.terminate()
     for proc in started:

@@ -25,7 +25,11 @@ KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka"
 
 
 def start_broker(
-    data_dir: Path, extra_properties: str = "", port: Optional[int] = None, controller_port: Optional[int] = None
+    data_dir: Path,
+    extra_properties: str = "",
+    port: Optional[int] = None,
+    controller_port: Optional[int] = None,
+    scram_users: Sequence[str] = (),
 ) -> dict[str, str]:
     """A broker of the tests' own through deploy/local/kafka; returns its env, with BOOTSTRAP added."""
     import os
@@ -36,6 +40,7 @@ def start_broker(
         "KAFKA_PORT": str(port or free_port()),
         "KAFKA_CONTROLLER_PORT": str(controller_port or free_port()),
         "KAFKA_EXTRA_PROPERTIES": extra_properties,
+        "KAFKA_SCRAM_USERS": "\n".join(scram_users),
     }
     started = subprocess.run([str(KAFKA_SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=600)
     if started.returncode != 0:

@@ -167,17 +167,10 @@ async def run_scenario(scenario: str, fleet: Fleet, kafka_env: dict[str, str], r
     return notes
 
 
-BROKER_RESTART_OPEN = pytest.mark.xfail(
-    strict=False,
-    reason="open (issue 3): in CI the run sometimes doesn't finish after the broker restart because the test's "
-    "own input producer stops; being made deterministic. Passes standalone.",
-)
-
-
 @pytest.mark.timeout(480)
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 @pytest.mark.parametrize(
-    "scenario", ["sigkill", "replicas", pytest.param("broker_restart", marks=BROKER_RESTART_OPEN), "sigterm"]
+    "scenario", ["sigkill", "replicas", "broker_restart", "sigterm"]
 )
 async def test_no_loss_under_faults(scenario, guarantee, worker_factory, bootstrap, kafka_env, topics) -> None:
     await create_topic(bootstrap, topics["input_topic"], PARTITIONS)
@@ -224,6 +217,7 @@ async def test_no_loss_under_faults(scenario, guarantee, worker_factory, bootstr
         "scored": len(scored_ids & produced.ids),
         "lost": len(produced.ids - scored_ids),
         "duplicated": sum(n - 1 for n in per_input.values()),
+        "duplicated_examples": sorted(k for k, n in per_input.items() if n > 1)[:10],
         "restarts_by_supervisor": fleet.restarts,
         "seconds": round(elapsed, 1),
         **notes,

@@ -15,6 +15,8 @@ import orjson
 
 
 class WorkerProcess:
+    live: "set[WorkerProcess]" = set()  # started and not yet stopped, for the session's last sweep
+
     def __init__(self, argv: list[str], env: dict[str, str], *, log_path: Path, cwd: Path) -> None:
         self.log_path = log_path
         self.web_port = int(env["WEB_PORT"])
@@ -22,6 +24,7 @@ class WorkerProcess:
         full_env.update(env)
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(argv, env=full_env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT)
+        WorkerProcess.live.add(self)
 
     def ready(self) -> bool:
         try:
@@ -67,6 +70,7 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        WorkerProcess.live.discard(self)
         self._log.close()
         return self.proc.returncode
 

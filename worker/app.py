@@ -21,6 +21,7 @@ from worker import logs, metrics
 from worker.aio import bounded
 from worker.codec import Source
 from worker.commits import OffsetCommitter
+from worker.input_consumer import InputApp
 from worker.pipeline import BatchPipeline, Consumed
 from worker.publisher import Publisher, TransactionalPublisher
 from worker.security import aiokafka_options, faust_credentials
@@ -63,7 +64,7 @@ def create_app(
     has published; in exactly-once mode each output transaction commits its
     input offsets (``send_offsets_to_transaction``).
     """
-    app = faust.App(
+    app = InputApp(
         settings.group_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_list],
         store="memory://",
@@ -151,27 +152,42 @@ def create_app(
     watchdog = StallWatchdog(settings.stall_timeout_s)
     lagging: set[tuple[str, int]] = set()
 
+    async def fetch_positions(partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        """The consumer's fetch positions; a partition whose position isn't known yet is left out."""
+        positions = {}
+        for tp in partitions:
+            try:
+                position = await app.consumer.position(tp)
+            except Exception:  # noqa: BLE001 - e.g. revoked meanwhile; the lag probe falls back
+                continue
+            if position is not None:
+                positions[(tp.topic, tp.partition)] = position
+        return positions
+
     @app.timer(5.0)
     async def _lag() -> None:
         assigned = [TopicPartition(tp.topic, tp.partition) for tp in app.consumer.assignment()]
         try:
-            lag = await bounded(probe.lag(assigned, pipeline.next_offsets), PROBE_TIMEOUT_S)
+            fetched = await bounded(fetch_positions(assigned), PROBE_TIMEOUT_S)
+            lag = await bounded(probe.lag(assigned, pipeline.next_offsets, fetched), PROBE_TIMEOUT_S)
             orphaned = 0 if assigned else await bounded(probe.orphaned_lag(settings.input_topic), PROBE_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - the broker may be away; reconnect next tick
             log.warning("lag.unavailable", error=repr(exc))
             await probe.stop()
             return
-        current = {(tp.topic, tp.partition) for tp in lag}
-        for tp, behind in lag.items():
+        current = {(tp.topic, tp.partition) for tp in lag.behind}
+        for tp, behind in lag.behind.items():
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(behind)
         for topic, partition in lagging - current:
             metrics.CONSUMER_LAG.remove(topic, str(partition))
         lagging.clear()
         lagging.update(current)
-        total = sum(lag.values()) + orphaned
-        if watchdog.stalled(consumed=pipeline.stats.consumed, pending=pipeline.in_flight, lag=total):
-            exc = RuntimeError(f"consumer stalled: {total} records waiting, none consumed for {settings.stall_timeout_s:.0f} s")
-            log.error("consumer.stalled", lag=total, seconds=settings.stall_timeout_s)
+        waiting = lag.unfetched + orphaned
+        if watchdog.stalled(consumed=pipeline.stats.consumed, pending=pipeline.in_flight, lag=waiting):
+            exc = RuntimeError(
+                f"consumer stalled: {waiting} records waiting, none consumed for {settings.stall_timeout_s:.0f} s"
+            )
+            log.error("consumer.stalled", lag=waiting, seconds=settings.stall_timeout_s)
             pipeline.failure = exc
             await app.crash(exc)
 

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import KafkaError, ProducerFenced
 
 from worker import logs
 from worker.aio import bounded
@@ -180,6 +180,8 @@ class TransactionalPublisher:
         )
         self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self._released: set[TopicPartition] = set()
+        # Per partition, the offset up to which outputs are known to be committed.
+        self._floors: dict[TopicPartition, int] = {}
         self._admin: Optional[AIOKafkaAdminClient] = None
         self._admin_config = dict(bootstrap_servers=bootstrap_servers, **(options or {}))
 
@@ -205,62 +207,93 @@ class TransactionalPublisher:
         return [[delivery] for delivery in deliveries]
 
     def release(self, partitions: Sequence[TopicPartition]) -> None:
-        """Partitions were revoked: close their producers before the next delivery."""
+        """Partitions were revoked: their producers are closed before the next delivery.
+
+        Even when a partition comes straight back to this worker, its next
+        transaction starts from a new producer: another worker may have owned it
+        in between (and fenced the old producer), and the consumer may have
+        re-read a committed offset from before our last transaction settled.
+        Only a fresh producer followed by a committed-offset read settles both.
+        """
         self._released.update(partitions)
 
     async def deliver(self, unit: Sequence[Delivery]) -> None:
-        await self._close_released(keep={d.source for d in unit})
+        await self._close_released()
         for delivery in unit:
-            producer, fresh = await self._producer(delivery.source)
+            tp = delivery.source
+            producer, fresh = await self._producer(tp)
             try:
-                if fresh:
-                    # A previous owner's transaction may have been committing while we read
-                    # its offsets; starting our producer settled it. Skip what it committed.
-                    committed = await self._committed(delivery.source)
-                    if committed >= delivery.next_offset:
-                        continue
-                    delivery = delivery.from_offset(committed)
-                await bounded(self._transact(producer, delivery), self._deadline_s)
+                await bounded(self._transact(producer, delivery, fresh), self._deadline_s)
             except ProducerFenced as exc:
-                await self._drop(delivery.source)
-                raise PartitionFenced(f"{delivery.source} is owned by another worker now") from exc
+                await self._drop(tp)
+                raise PartitionFenced(f"{tp} is owned by another worker now") from exc
             except Exception:
                 # No abort here: it can hang on the very fault that failed the transaction.
                 # The next producer with this id bumps the epoch, which aborts it for us.
-                await self._drop(delivery.source)
+                await self._drop(tp)
                 raise
 
-    async def _transact(self, producer: AIOKafkaProducer, delivery: Delivery) -> None:
+    async def _transact(self, producer: AIOKafkaProducer, delivery: Delivery, fresh: bool) -> None:
+        tp = delivery.source
+        # For a new producer this waits for its init_transactions (aiokafka's start()
+        # doesn't): older producers of this id are fenced and their last transaction
+        # settled, so the committed offset read next is final.
         await producer.begin_transaction()
+        if fresh:
+            self._floors[tp] = await self._committed(tp)
+        # Skip what a previous owner, or this producer, already committed.
+        floor = self._floors.get(tp, 0)
+        delivery = delivery.from_offset(floor)
+        if floor >= delivery.next_offset:
+            await producer.commit_transaction()  # empty: ends locally, nothing is sent
+            log.debug("transaction.skipped", partition=f"{tp.topic}:{tp.partition}", committed=floor)
+            return
         await _send_all(producer, delivery.records)
-        await producer.send_offsets_to_transaction({delivery.source: delivery.next_offset}, self._group_id)
+        await producer.send_offsets_to_transaction({tp: delivery.next_offset}, self._group_id)
         await producer.commit_transaction()
+        self._floors[tp] = delivery.next_offset
+        log.debug(
+            "transaction.committed",
+            partition=f"{tp.topic}:{tp.partition}",
+            first=delivery.source_offsets[0] if delivery.source_offsets else None,
+            next_offset=delivery.next_offset,
+            records=len(delivery.records),
+            fresh=fresh,
+        )
 
     async def _producer(self, tp: TopicPartition) -> tuple[AIOKafkaProducer, bool]:
-        self._released.discard(tp)
         producer = self._producers.get(tp)
         if producer is not None:
             return producer, False
-        # Starting runs init_transactions: it fences older producers of this id and
-        # settles their open transaction.
         producer = await _open_producer({**self._config, "transactional_id": self.transactional_id(tp)}, self._deadline_s)
         self._producers[tp] = producer
         return producer, True
 
     async def _committed(self, tp: TopicPartition) -> int:
         assert self._admin is not None, "TransactionalPublisher.start() was not awaited"
-        offsets = await bounded(
-            self._admin.list_consumer_group_offsets(self._group_id, partitions=[tp]), self._deadline_s
-        )
+        admin = self._admin
+
+        async def read() -> Any:
+            # The group coordinator may be moving or loading (broker restart, a first
+            # group on a new cluster): those errors pass, so ask again until the deadline.
+            while True:
+                try:
+                    return await admin.list_consumer_group_offsets(self._group_id, partitions=[tp])
+                except KafkaError as exc:
+                    if not exc.retriable:
+                        raise
+                    await asyncio.sleep(0.2)
+
+        offsets = await bounded(read(), self._deadline_s)
         meta = offsets.get(tp)
         return meta.offset if meta is not None and meta.offset >= 0 else 0
 
     async def _drop(self, tp: TopicPartition) -> None:
+        self._floors.pop(tp, None)
         producer = self._producers.pop(tp, None)
         if producer is not None:
             await _close(producer)
 
-    async def _close_released(self, keep: set[TopicPartition]) -> None:
-        for tp in list(self._released - keep):
-            self._released.discard(tp)
-            await self._drop(tp)
+    async def _close_released(self) -> None:
+        released, self._released = self._released, set()
+        await asyncio.gather(*(self._drop(tp) for tp in released))

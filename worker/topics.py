@@ -6,7 +6,9 @@ process with one clear line instead of a loop of reconnect warnings.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ssl
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -20,6 +22,23 @@ log = logs.get_logger(__name__)
 
 class KafkaSetupError(RuntimeError):
     """The cluster is not usable as configured; the message says what to change."""
+
+
+async def _tls_failure(bootstrap_servers: str, context: Optional[ssl.SSLContext]) -> Optional[str]:
+    """Why a TLS handshake with the first broker fails, if it does (aiokafka only says "unable to bootstrap")."""
+    if context is None:
+        return None
+    host, _, port = bootstrap_servers.split(",")[0].strip().rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host.strip("[]"), int(port), ssl=context, server_hostname=host.strip("[]")), 10
+        )
+    except ssl.SSLError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    except (OSError, ValueError, asyncio.TimeoutError):
+        return None  # not a TLS problem: unreachable, or a malformed address
+    writer.close()
+    return None
 
 
 async def ensure_topics(
@@ -44,6 +63,12 @@ async def ensure_topics(
     except (KafkaConnectionError, KafkaError, OSError) as exc:
         with contextlib.suppress(Exception):
             await admin.close()
+        tls = await _tls_failure(bootstrap_servers, (options or {}).get("ssl_context"))
+        if tls is not None:
+            raise KafkaSetupError(
+                f"TLS handshake with Kafka at {bootstrap_servers} failed ({tls}). Check SSL_CAFILE (it must "
+                "have signed the brokers' certificates) and, for mutual TLS, SSL_CERTFILE and SSL_KEYFILE."
+            ) from None
         if "auth" in type(exc).__name__.lower() or "sasl" in str(exc).lower():
             raise KafkaSetupError(
                 f"Kafka at {bootstrap_servers} refused the credentials ({exc.__class__.__name__}: {exc}). "

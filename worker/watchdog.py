@@ -9,12 +9,18 @@ worker that holds partitions (or fell out of its group), has nothing in flight,
 has consumed nothing for ``stall_timeout_s`` and yet has input waiting is
 stuck: it exits non-zero so its orchestrator restarts it (uncommitted input is
 consumed again; nothing is lost).
+
+"Input waiting" is measured from the consumer's fetch position, not from the
+committed offset: a transactional producer's commit marker (and its aborted
+records) take offsets that are never delivered, so the committed offset of an
+idle partition can stay one or more below the end for good.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -52,24 +58,36 @@ class LagProbe:
                 except Exception as exc:  # noqa: BLE001 - discarded either way
                     log.debug("probe.close_failed", error=repr(exc))
 
-    async def lag(self, partitions: Iterable[TopicPartition], positions: Mapping[tuple[str, int], int]) -> dict[TopicPartition, int]:
-        """Records behind the end per partition: from our own position where known, else the committed offset."""
+    async def lag(
+        self,
+        partitions: Iterable[TopicPartition],
+        acked: Mapping[tuple[str, int], int],
+        fetched: Optional[Mapping[tuple[str, int], int]] = None,
+    ) -> "Lag":
+        """Records behind the end per partition, and those the consumer has not even fetched yet.
+
+        ``acked``: next offset to acknowledge per partition, where known (else the
+        committed offset counts). ``fetched``: the consumer's fetch positions.
+        """
         tps = list(partitions)
         if not tps:
-            return {}
+            return Lag({}, 0)
         await self.start()
         assert self._consumer is not None and self._admin is not None
         ends = await self._consumer.end_offsets(tps)
         committed = await self._admin.list_consumer_group_offsets(self._group_id, partitions=tps)
-        out = {}
+        behind: dict[TopicPartition, int] = {}
+        unfetched = 0
         for tp in tps:
+            key = (tp.topic, tp.partition)
             meta = committed.get(tp)
-            base = positions.get((tp.topic, tp.partition))
+            base = acked.get(key)
             if base is None:
                 base = meta.offset if meta is not None and meta.offset >= 0 else 0
-            out[tp] = max(0, ends[tp] - base)
-        return out
-
+            behind[tp] = max(0, ends[tp] - base)
+            position = (fetched or {}).get(key)
+            unfetched += behind[tp] if position is None else max(0, ends[tp] - position)
+        return Lag(behind, unfetched)
 
     async def orphaned_lag(self, topic: str) -> int:
         """Group lag on ``topic`` that no live member can be serving, for a replica without partitions.
@@ -88,7 +106,13 @@ class LagProbe:
         members = len(group.to_object()["groups"][0]["members"])
         if members >= len(tps):
             return 0
-        return sum((await self.lag(tps, {})).values())
+        return sum((await self.lag(tps, {})).behind.values())
+
+
+@dataclass(frozen=True)
+class Lag:
+    behind: dict[TopicPartition, int]  # end offset minus the next offset to acknowledge (the lag metric)
+    unfetched: int  # records on the broker the consumer has not fetched, all partitions together
 
 
 class StallWatchdog:
