@@ -189,8 +189,8 @@ async def test_bad_records_do_not_stall_the_partition(worker_factory, bootstrap,
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_aborted_upstream_transactions_are_not_scored(worker_factory, bootstrap, topics, guarantee) -> None:
-    """Producers that write the input in transactions: only what they commit is scored, and the
-    offsets their commit markers take neither stall the partition nor trip the stall watchdog."""
+    """Producers that write the input in transactions: only what they commit is scored; neither the
+    offsets their commit markers take nor a transaction left open trips the stall watchdog."""
     from aiokafka import AIOKafkaProducer
 
     await create_topic(bootstrap, topics["input_topic"], 1)
@@ -198,25 +198,37 @@ async def test_aborted_upstream_transactions_are_not_scored(worker_factory, boot
     worker = worker_factory(**topics, processing_guarantee=guarantee, stall_timeout_s=stall_timeout_s).wait_ready()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"upstream-{topics['group_id']}")
     await producer.start()
+
+    async def transaction(n: int, outcome: str, size: int = 5) -> None:
+        await producer.begin_transaction()
+        for i in range(size):
+            doc = {"text": f"{outcome} {i}", "id": f"{outcome}-{n}-{i}"}
+            await producer.send_and_wait(topics["input_topic"], orjson.dumps(doc), partition=0)
+        if outcome == "abort":
+            await producer.abort_transaction()
+        elif outcome == "commit":
+            await producer.commit_transaction()
+
     try:
         for n, outcome in enumerate(("abort", "commit", "abort", "commit")):
-            await producer.begin_transaction()
-            for i in range(5):
-                doc = {"text": f"{outcome} {i}", "id": f"{outcome}-{n}-{i}"}
-                await producer.send_and_wait(topics["input_topic"], orjson.dumps(doc), partition=0)
-            await (producer.abort_transaction() if outcome == "abort" else producer.commit_transaction())
+            await transaction(n, outcome)
+        received = await consume_all(bootstrap, topics["output_topic"], expected=10, settle_s=2.0)
+        assert sorted(r.doc["id"] for r in received) == sorted(f"commit-{n}-{i}" for n in (1, 3) for i in range(5))
+        # 4 x (5 records + 1 marker): the last scored record is at 22, the end is 24.
+        assert await end_offsets(bootstrap, topics["input_topic"]) == {0: 24}
+        assert await wait_committed(bootstrap, topics["group_id"], topics["input_topic"], {0: 23}) == {0: 23}
+
+        # Now a transaction stays open: its records are on the broker but not readable yet.
+        # Lag is 1 (the last commit marker) and nothing can be fetched, so this is no stall;
+        # the watchdog gives its verdict on a 5 s tick.
+        await transaction(4, "open", size=3)
+        deadline = time.monotonic() + stall_timeout_s + 11
+        while time.monotonic() < deadline and worker.proc.poll() is None:
+            time.sleep(0.5)
+        assert worker.proc.poll() is None, worker.log_text()[-3000:]
+        assert not worker.events("consumer.stalled")
+        await producer.commit_transaction()
+        received = await consume_all(bootstrap, topics["output_topic"], expected=13, settle_s=1.0)
+        assert sorted(r.doc["id"] for r in received if r.doc["id"].startswith("open")) == [f"open-4-{i}" for i in range(3)]
     finally:
         await producer.stop()
-    received = await consume_all(bootstrap, topics["output_topic"], expected=10, settle_s=2.0)
-    assert sorted(r.doc["id"] for r in received) == sorted(f"commit-{n}-{i}" for n in (1, 3) for i in range(5))
-    # 4 x (5 records + 1 marker): the last scored record is at 22, the end is 24.
-    ends = await end_offsets(bootstrap, topics["input_topic"])
-    assert ends == {0: 24}
-    assert await wait_committed(bootstrap, topics["group_id"], topics["input_topic"], {0: 23}) == {0: 23}
-    # Lag stays at 1 (the final commit marker is never delivered), yet nothing waits to be
-    # fetched: the watchdog must not call that a stall. Its verdict comes on a 5 s tick.
-    deadline = time.monotonic() + stall_timeout_s + 11
-    while time.monotonic() < deadline and worker.proc.poll() is None:
-        time.sleep(0.5)
-    assert worker.proc.poll() is None, worker.log_text()[-3000:]
-    assert not worker.events("consumer.stalled")

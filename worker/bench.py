@@ -470,10 +470,10 @@ class Bench:
         asyncio.run(produce_texts(self.bootstrap, topic_in, texts, prefix=workload))
         return topic_in, topic_out, group
 
-    def _progress(self, total: int, desc: str) -> Any:
+    def _progress(self, total: int, desc: str, unit: str = "ev") -> Any:
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit="ev", file=sys.stderr, leave=False, dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
 
     def _record(self, row: dict[str, Any]) -> dict[str, Any]:
         # Other work on the machine skews timings: keep the load next to each figure.
@@ -687,7 +687,7 @@ class Bench:
                 t0 = time.monotonic()
                 next_sample = t0
                 total = minutes * 60
-                with self._progress(int(total), "soak (s)") as bar:
+                with self._progress(int(total), "soak", unit="s") as bar:
                     try:
                         while time.monotonic() - t0 < total:
                             if produced - reader.out.count < 4 * chunk:

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from worker import logs
 from worker.bench import bench
+from worker.memory import tune_malloc
 from worker.settings import Settings
 
 app = typer.Typer(
@@ -423,6 +424,7 @@ def check(settings: Settings) -> None:
 
 
 def main() -> None:
+    tune_malloc()  # first, before any thread allocates: see worker.memory
     app()
 
 

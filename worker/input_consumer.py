@@ -10,16 +10,26 @@ transactions it changes nothing.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import aiokafka
 import faust
+from faust.app import base as faust_app
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 ISOLATION_LEVEL = "read_committed"
 
 
+# mode names a service's logger after the module of its class: name ours under Faust's,
+# so that its chatter stays under the "faust" log level (worker.logs). (Faust's own
+# logger objects can't be reused: mode marks them, and renames the subclass's.)
+_FAUST_DRIVER_LOG = logging.getLogger(f"{faust_aiokafka.__name__}.read_committed")
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    logger = _FAUST_DRIVER_LOG
+
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # aiokafka hands this to its fetcher in start(), which has not run yet;
@@ -29,6 +39,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    logger = _FAUST_DRIVER_LOG
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -39,6 +51,8 @@ class _Transport(faust_aiokafka.Transport):
 
 class InputApp(faust.App):
     """A Faust app whose input consumer reads ``read_committed``."""
+
+    logger = logging.getLogger(f"{faust_app.__name__}.input")
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)

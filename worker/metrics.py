@@ -40,7 +40,7 @@ END_TO_END_SECONDS = Histogram(
 IN_FLIGHT = Gauge(f"{PREFIX}_in_flight_events", "Events consumed but not yet acknowledged.")
 CONSUMER_LAG = Gauge(
     f"{PREFIX}_consumer_lag_events",
-    "Records behind the partition's end (high watermark minus next offset to ack).",
+    "Records behind the partition's end (last stable offset minus the next offset to ack).",
     ["topic", "partition"],
 )
 ASSIGNED_PARTITIONS = Gauge(f"{PREFIX}_assigned_partitions", "Input partitions this replica owns (0: idle).")

@@ -43,7 +43,10 @@ class LagProbe:
 
     async def start(self) -> None:
         if self._consumer is None:
-            self._consumer = AIOKafkaConsumer(enable_auto_commit=False, **self._config)
+            # read_committed, like the worker's own consumer: end offsets are then the last
+            # stable offsets, so records of an upstream transaction still open don't count as
+            # waiting (the worker can't have them yet).
+            self._consumer = AIOKafkaConsumer(enable_auto_commit=False, isolation_level="read_committed", **self._config)
             await self._consumer.start()
             self._admin = AIOKafkaAdminClient(**self._config)
             await self._admin.start()
