@@ -1,4 +1,4 @@
-"""Faust's Kafka consumer, reading committed records only.
+"""The Faust app and its Kafka consumer: configured only by us, reading committed records only.
 
 Faust reads ``read_uncommitted`` unless its own exactly-once mode is on, which
 does not cover our output topic (see ``worker.publisher``). Producers that
@@ -50,9 +50,18 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class InputApp(faust.App):
-    """A Faust app whose input consumer reads ``read_committed``."""
+    """A Faust app configured by its arguments alone, whose input consumer reads ``read_committed``."""
 
     logger = logging.getLogger(f"{faust_app.__name__}.input")
+
+    def __init__(self, id: str, **options: Any) -> None:
+        # Faust also reads settings from environment variables, several named like ours
+        # (PROCESSING_GUARANTEE, TOPIC_PARTITIONS, WEB_PORT...), and lets them override
+        # its arguments. With PROCESSING_GUARANTEE=exactly_once in the environment it ran
+        # transactions of its own next to ours and committed stale offsets over our
+        # commits (duplicates after a crash). It is given no environment at all.
+        options.setdefault("env", {})
+        super().__init__(id, **options)
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
