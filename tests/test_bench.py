@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from worker import bench
+from worker.workloads import make_texts, token_lengths
 
 REPO = Path(__file__).resolve().parents[1]
 ROW_FIELDS = {"run", "workload", "precision", "events", "events_per_s", "p50_ms", "p95_ms", "p99_ms",
@@ -21,23 +22,23 @@ ROW_FIELDS = {"run", "workload", "precision", "events", "events_per_s", "p50_ms"
 
 
 def test_workload_lengths_follow_the_issue() -> None:
-    short = bench.token_lengths("short", 500)
+    short = token_lengths("short", 500)
     assert min(short) >= 8 and max(short) <= 48
-    long = bench.token_lengths("long", 200)
+    long = token_lengths("long", 200)
     assert min(long) >= 200 and max(long) <= 512
-    mixed = bench.token_lengths("mixed", 1000)
+    mixed = token_lengths("mixed", 1000)
     share_long = sum(n >= 100 for n in mixed) / len(mixed)
     assert 0.15 < share_long < 0.25 and max(mixed) <= 512
-    assert bench.token_lengths("mixed", 50) == bench.token_lengths("mixed", 50)  # deterministic
+    assert token_lengths("mixed", 50) == token_lengths("mixed", 50)  # deterministic
 
 
 def test_texts_have_the_intended_token_counts(tiny_model: Path) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
-    texts = bench.make_texts("mixed", 100)
+    texts = make_texts("mixed", 100)
     got = [len(ids) for ids in tokenizer(texts)["input_ids"]]
-    assert got == bench.token_lengths("mixed", 100)
+    assert got == token_lengths("mixed", 100)
 
 
 def test_percentile() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from tests.kafka_helpers import (
     committed_offsets,
@@ -191,8 +192,6 @@ async def test_bad_records_do_not_stall_the_partition(worker_factory, bootstrap,
 async def test_aborted_upstream_transactions_are_not_scored(worker_factory, bootstrap, topics, guarantee) -> None:
     """Producers that write the input in transactions: only what they commit is scored; neither the
     offsets their commit markers take nor a transaction left open trips the stall watchdog."""
-    from aiokafka import AIOKafkaProducer
-
     await create_topic(bootstrap, topics["input_topic"], 1)
     stall_timeout_s = 4
     worker = worker_factory(**topics, processing_guarantee=guarantee, stall_timeout_s=stall_timeout_s).wait_ready()

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -50,20 +49,13 @@ from typing import Any, Optional
 
 import typer
 
+from worker.workloads import WORKLOADS, make_texts, token_lengths
+
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka"
 DEFAULT_CACHE = REPO / ".cache" / "bench"
-
-WORKLOADS = ("short", "mixed", "long")
 RUNS = ("ceiling", "e2e", "naive", "batched", "noop", "trickle")
 # Words that are single tokens in the bench models' vocabulary (and in BERT's).
-_WORDS = (
-    "the movie was good bad great terrible awful excellent amazing boring best worst product service really "
-    "quite never always nothing everything happy sad angry recommend buy bought price quality slow fast love "
-    "hate film people time work part place made live after back little only round year came show every give "
-    "under name very through just form great think say help line turn cause much mean before move right old "
-    "same tell does set three want air well also play small end put home read hand large even land here must"
-).split()
 
 # The issue's targets; checked (reported, never asserted) after a run.
 TARGETS = {
@@ -77,29 +69,6 @@ TARGETS = {
     "trickle_p99_within_bound": 1.0,
     "soak_rss_growth_max": 0.05,
 }
-
-
-# ----------------------------------------------------------------------------- workloads
-
-
-def token_lengths(workload: str, n: int, seed: int = 0) -> list[int]:
-    """Target token counts (with [CLS] and [SEP]) of ``n`` events of a workload."""
-    rng = random.Random(f"{workload}-{seed}")
-    out = []
-    for _ in range(n):
-        if workload == "short" or (workload == "mixed" and rng.random() < 0.8):
-            out.append(rng.randint(8, 48))
-        elif workload in ("mixed", "long"):
-            out.append(rng.randint(100, 512) if workload == "mixed" else rng.randint(200, 512))
-        else:
-            raise ValueError(f"unknown workload {workload!r}")
-    return out
-
-
-def make_texts(workload: str, n: int, seed: int = 0) -> list[str]:
-    """Texts whose token counts follow the workload (one word = one token with these words)."""
-    rng = random.Random(f"text-{workload}-{seed}")
-    return [" ".join(rng.choice(_WORDS) for _ in range(max(1, length - 2))) for length in token_lengths(workload, n, seed)]
 
 
 # ----------------------------------------------------------------------------- small helpers

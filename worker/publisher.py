@@ -57,6 +57,8 @@ class Delivery:
 
     def from_offset(self, committed: int) -> "Delivery":
         """Only what lies at or after ``committed`` (the rest was committed by a previous owner)."""
+        if not self.source_offsets or self.source_offsets[0] >= committed:
+            return self  # the usual case: nothing to drop
         kept = [(o, r) for o, r in zip(self.source_offsets, self.records) if o >= committed]
         return Delivery(self.source, [r for _, r in kept], [o for o, _ in kept], self.next_offset)
 

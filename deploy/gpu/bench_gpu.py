@@ -35,24 +35,9 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from worker.engine import Encoded, ModelInfo, SentimentEngine  # noqa: E402
+from worker.workloads import token_lengths  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def lengths_for(workload: str, n: int, seed: int = 0) -> list[int]:
-    """Same distributions as worker/bench.py (tokens include [CLS] and [SEP])."""
-    rng = random.Random(f"{workload}-{seed}")
-    out = []
-    for _ in range(n):
-        if workload == "short" or (workload == "mixed" and rng.random() < 0.8):
-            out.append(rng.randint(8, 48))
-        elif workload == "mixed":
-            out.append(rng.randint(100, 512))
-        elif workload == "long":
-            out.append(rng.randint(200, 512))
-        else:
-            raise ValueError(workload)
-    return out
 
 
 def build_engine(device: torch.device, precision: str, rows: int, max_tokens: int, quick: bool) -> SentimentEngine:
@@ -74,7 +59,7 @@ def build_engine(device: torch.device, precision: str, rows: int, max_tokens: in
 
 def encoded_batches(workload: str, events: int, rows: int) -> list[Encoded]:
     rng = random.Random(1)
-    lengths = lengths_for(workload, events)
+    lengths = token_lengths(workload, events)
     ids = [[101] + [rng.randrange(1000, 30000) for _ in range(n - 2)] + [102] for n in lengths]
     return [Encoded(input_ids=ids[i: i + rows], truncated=[False] * len(ids[i: i + rows])) for i in range(0, len(ids), rows)]
 
