@@ -35,7 +35,11 @@ def no_worker_outlives_the_session() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def kafka_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A single-node KRaft broker of the tests' own (own data dir, free ports), via deploy/local/kafka."""
-    env = start_broker(tmp_path_factory.mktemp("kafka-data"))
+    # The broker aborts transactions that outlive their timeout on this interval (default 10 s,
+    # which would make the pause scenario in test_faults hit an open transaction only now and then).
+    env = start_broker(
+        tmp_path_factory.mktemp("kafka-data"), "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000"
+    )
     try:
         yield env
     finally:
@@ -49,7 +53,7 @@ def bootstrap(kafka_env: dict[str, str]) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from worker.random_model import write_random_model
+    from worker.model.random_model import write_random_model
 
     return write_random_model(tmp_path_factory.mktemp("models") / "tiny", "tiny", seed=1)
 
@@ -109,7 +113,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     import json
 
-    cols = ["scenario", "guarantee", "produced", "scored", "lost", "duplicated", "restarts_by_supervisor", "seconds"]
+    cols = ["scenario", "guarantee", "produced", "scored", "lost", "duplicated", "restarts_by_supervisor",
+            "transactions_interrupted", "seconds"]
     terminalreporter.section("fault scenarios (independent read_committed consumer)")
     terminalreporter.write_line(" | ".join(cols))
     for row in test_faults.RESULTS:

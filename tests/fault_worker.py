@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from worker.cli import main
-from worker.engine import SentimentEngine
+from worker.model.engine import SentimentEngine
 
 _flag = Path(os.environ["FAULT_FLAG_FILE"]) if os.environ.get("FAULT_FLAG_FILE") else None
 _max_padded = int(os.environ.get("FAULT_MAX_PADDED_TOKENS", "0"))

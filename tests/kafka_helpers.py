@@ -82,13 +82,46 @@ class Received:
         return orjson.loads(self.value)
 
 
-async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+async def create_topic(bootstrap: str, topic: str, partitions: int, config: Optional[dict[str, str]] = None) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+        await admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions, replication_factor=1, topic_configs=config or {})]
+        )
     finally:
         await admin.close()
+
+
+@dataclass(frozen=True)
+class ConfigEntry:
+    value: Optional[str]
+    topic_level: bool  # set on the topic itself, not inherited from the broker
+
+
+async def topic_config_entries(bootstrap: str, topic: str) -> dict[str, ConfigEntry]:
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    (resource,) = response.resources
+    # DescribeConfigs v1+: (name, value, read_only, config_source, is_sensitive, synonyms); source 1 = topic.
+    return {entry[0]: ConfigEntry(entry[1], entry[3] == 1) for entry in resource[4]}
+
+
+def kcat_produce(bootstrap: str, topic: str, lines: Sequence[str], *, partition: int, headers: Sequence[str] = ()) -> None:
+    """Produce ``key:value`` lines with kcat, a client that is not ours; an empty key or value is sent as NULL.
+
+    aiokafka refuses a record without key and value; Kafka and kcat (-Z) allow it.
+    """
+    argv = ["kcat", "-P", "-b", bootstrap, "-t", topic, "-p", str(partition), "-K", ":", "-Z", "-X", "acks=all"]
+    for header in headers:
+        argv += ["-H", header]
+    subprocess.run(argv, input="\n".join(lines) + "\n", text=True, check=True, timeout=60, capture_output=True)
 
 
 async def produce(

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.batching import ATTENTION_SCALE, SubBatch, padding_efficiency, plan_sub_batches
+from worker.model.batching import ATTENTION_SCALE, SubBatch, padding_efficiency, plan_sub_batches
 
 
 def check_plan(lengths: Sequence[int], plan: list[SubBatch], *, max_tokens: int, max_rows: int) -> None:

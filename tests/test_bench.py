@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from worker import bench
-from worker.workloads import make_texts, token_lengths
+from worker.bench.workloads import make_texts, token_lengths
 
 REPO = Path(__file__).resolve().parents[1]
 ROW_FIELDS = {"run", "workload", "precision", "events", "events_per_s", "p50_ms", "p95_ms", "p99_ms",

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.codec import DecodeError, InputRecord, Source, decode, encode_input, encode_output, iso_utc
+from worker.pipeline.codec import DecodeError, InputRecord, Source, decode, encode_input, encode_output, iso_utc
 from worker.settings import InputFormat
 
 REPO = Path(__file__).resolve().parents[1]

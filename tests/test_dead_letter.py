@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from tests.kafka_helpers import consume_all, create_topic, end_offsets, produce, wait_committed
-from worker.dead_letter import REASON_HEADER
+from worker.pipeline.dead_letter import REASON_HEADER
 
 pytestmark = pytest.mark.kafka
 

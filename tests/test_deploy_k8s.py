@@ -237,7 +237,7 @@ def test_probes_and_port_match_the_worker(rendered) -> None:
 
 
 def test_shutdown_rollout_and_disruptions(rendered) -> None:
-    from worker.app import DRAIN_TIMEOUT_S
+    from worker.service import DRAIN_TIMEOUT_S
 
     _, objs = rendered
     deployment = one(objs, "Deployment")

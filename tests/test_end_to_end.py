@@ -22,7 +22,7 @@ from tests.kafka_helpers import (
     produce,
     wait_committed,
 )
-from worker.engine import SentimentEngine
+from worker.model.engine import SentimentEngine
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parents[1]

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker.engine import CHARS_PER_TOKEN_LIMIT, RANDOM_WEIGHTS_MARKER, ModelLoadError, SentimentEngine
-from worker.random_model import _WORDS
+from worker.model.engine import CHARS_PER_TOKEN_LIMIT, ModelLoadError, SentimentEngine
+from worker.model.loading import RANDOM_WEIGHTS_MARKER
+from worker.model.random_model import _WORDS
 
 TOL = 1e-5
 
@@ -118,14 +119,15 @@ def test_split_batch_matches_the_model_run_one_text_at_a_time(sharp_model: Path,
     engine = SentimentEngine.load(str(sharp_model), max_length=max_length, max_batch_tokens=budget)
     texts = sample_texts(36)
     with CallRecorder(engine.model) as recorder:
-        predictions = engine.predict(texts)
+        scores = engine.infer(engine.encode(texts))
+    predictions = scores.predictions()
 
     assert len(recorder.calls) > 5, "the batch should have been cut into several model calls"
     assert sum(rows for rows, _, _ in recorder.calls) == len(texts)
     for rows, width, _ in recorder.calls:
         assert rows == 1 or rows * width <= budget, recorder.calls
     assert any(rows > 1 for rows, _, _ in recorder.calls), "some calls should carry padded rows"
-    assert engine.last_report.model_calls == len(recorder.calls)
+    assert scores.report.model_calls == len(recorder.calls)
 
     reference = [sharp_reference.scores(text, max_length) for text in texts]
     # The comparison can only catch a mix-up if the texts score differently.
@@ -209,11 +211,12 @@ def test_megabyte_text_is_scored_quickly(sharp_model: Path, sharp_reference: Ref
     big = (sentence * (1_000_000 // len(sentence) + 1))[:1_000_000]
     assert len(big.encode()) == 1_000_000
     started = time.perf_counter()
-    predictions = engine.predict([big, "short one"])
+    scores = engine.infer(engine.encode([big, "short one"]))
     elapsed = time.perf_counter() - started
+    predictions = scores.predictions()
     assert elapsed < 3.0, f"1 MB text took {elapsed:.2f}s"
     assert predictions[0].truncated is True and predictions[1].truncated is False
-    assert engine.last_report.real_tokens == 512 + len(engine.encode(["short one"]).input_ids[0])
+    assert scores.report.real_tokens == 512 + len(engine.encode(["short one"]).input_ids[0])
     # The same as the model on the text's beginning (plenty of tokens past max_length).
     assert_close(predictions[0].scores, sharp_reference.scores(big[:20_000], 512))
 
@@ -221,15 +224,14 @@ def test_megabyte_text_is_scored_quickly(sharp_model: Path, sharp_reference: Ref
 # ----------------------------------------------------------------------------- reports and info
 
 
-def test_last_report_counts_rows_tokens_padding_and_calls(tiny_model: Path, tiny_reference: Reference) -> None:
+def test_report_counts_rows_tokens_padding_and_calls(tiny_model: Path, tiny_reference: Reference) -> None:
     max_length, budget, rows = 32, 64, 4
     engine = SentimentEngine.load(str(tiny_model), max_length=max_length, max_batch_tokens=budget, max_batch_rows=rows)
     for seed in (3, 4):
         texts = sample_texts(15, seed=seed)
         with CallRecorder(engine.model) as recorder:
-            engine.predict(texts)
+            report = engine.infer(engine.encode(texts)).report
         lengths = [min(tiny_reference.n_tokens(t), max_length) for t in texts]
-        report = engine.last_report
         assert report.rows == len(texts)
         assert report.real_tokens == sum(lengths) == sum(real for _, _, real in recorder.calls)
         assert report.padded_tokens == sum(r * w for r, w, _ in recorder.calls)
@@ -239,9 +241,8 @@ def test_last_report_counts_rows_tokens_padding_and_calls(tiny_model: Path, tiny
         assert all(r <= rows for r, _, _ in recorder.calls)
 
     # One short text: one call, no padding.
-    engine.predict(["the movie was great and i love it"])
+    report = engine.infer(engine.encode(["the movie was great and i love it"])).report
     assert tiny_reference.n_tokens("the movie was great and i love it") == 10
-    report = engine.last_report
     assert (report.rows, report.real_tokens, report.padded_tokens, report.model_calls) == (1, 10, 10, 1)
 
 

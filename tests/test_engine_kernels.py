@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker.batching import padding_efficiency, plan_sub_batches
-from worker.engine import ModelLoadError, SentimentEngine, resolve_precision
+from worker.model.batching import padding_efficiency, plan_sub_batches
+from worker.model.engine import ModelLoadError, SentimentEngine
+from worker.model.loading import resolve_precision
 from worker.settings import Settings
 
 SHORT = ["what a lovely film", "terrible service, never again", "ok"]
@@ -91,12 +92,12 @@ def test_windows_combine_long_texts_and_leave_short_ones_alone(tiny_model: Path)
     first, second = encoded.input_ids[long_rows[0]], encoded.input_ids[long_rows[1]]
     assert first[-9:-1] == second[1:9]
 
-    predictions = windows.infer(encoded)
+    predictions = windows.infer(encoded).predictions()
     _valid(predictions, 4)
     assert predictions[3].truncated is False
     assert truncating.predict([LONG])[0].truncated is True
     # The long text's probabilities are the token-weighted mean of its windows' probabilities.
-    rows = windows.infer_rows(encoded)
+    rows, _ = windows.infer_rows(encoded)
     weights = [len(encoded.input_ids[r]) for r in long_rows]
     expected = sum(rows[r][1] * w for r, w in zip(long_rows, weights)) / sum(weights)
     assert predictions[3].scores["POSITIVE"] == pytest.approx(expected, abs=1e-6)

@@ -164,23 +164,44 @@ async def run_scenario(scenario: str, fleet: Fleet, kafka_env: dict[str, str], r
         notes["stop_seconds"] = round(await fleet.terminate(worker), 2)
         notes["exit_code"] = worker.proc.returncode
         await fleet.add()
+    elif scenario == "pause":
+        # Frozen (a GC or CPU-throttling pause) for longer than the transaction timeout, shorter
+        # than the session timeout: the broker aborts the open transaction, the worker keeps its
+        # partitions. Each pause lets a backlog build up, so the next one finds a transaction open.
+        worker = fleet.alive()[0]
+        await asyncio.sleep(2)
+        for _ in range(PAUSES):
+            await asyncio.sleep(rng.uniform(0.2, 0.6))
+            worker.proc.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(PAUSE_SECONDS)
+            worker.proc.send_signal(signal.SIGCONT)
+        notes["pauses"] = PAUSES
     return notes
 
 
+SCENARIOS = [
+    *((scenario, guarantee) for scenario in ("sigkill", "replicas", "broker_restart", "sigterm")
+      for guarantee in ("at_least_once", "exactly_once")),
+    ("pause", "exactly_once"),
+]
+PAUSES = 4
+PAUSE_SECONDS = 5.0
+PAUSE_TRANSACTION_TIMEOUT_MS = 3000  # < PAUSE_SECONDS - the broker's abort check interval (1 s, conftest)
+
+
 @pytest.mark.timeout(480)
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
-@pytest.mark.parametrize(
-    "scenario", ["sigkill", "replicas", "broker_restart", "sigterm"]
-)
+@pytest.mark.parametrize(("scenario", "guarantee"), SCENARIOS)
 async def test_no_loss_under_faults(scenario, guarantee, worker_factory, bootstrap, kafka_env, topics) -> None:
     await create_topic(bootstrap, topics["input_topic"], PARTITIONS)
     settings = dict(
-        # A short session speeds up recovery from SIGKILL; the broker restart keeps the default
-        # so that members outlive the outage, as they would in production.
-        topics, processing_guarantee=guarantee, session_timeout_s=30 if scenario == "broker_restart" else 8, batch_max_size=64, batch_max_wait_ms=50,
-        kafka_request_timeout_s=5, publish_backoff_max_s=2, log_level="info", topic_partitions=PARTITIONS,
-        stall_timeout_s=15,
+        # A short session speeds up recovery from SIGKILL; the broker restart and the pauses keep
+        # a longer one, so that members outlive the outage, as they would in production.
+        topics, processing_guarantee=guarantee, session_timeout_s=30 if scenario in ("broker_restart", "pause") else 8,
+        batch_max_size=64, batch_max_wait_ms=50, kafka_request_timeout_s=5, publish_backoff_max_s=2,
+        log_level="info", topic_partitions=PARTITIONS, stall_timeout_s=15,
     )
+    if scenario == "pause":
+        settings.update(transaction_timeout_ms=PAUSE_TRANSACTION_TIMEOUT_MS, kafka_request_timeout_s=2)
     fleet = Fleet(worker_factory, settings)
     replicas = 3 if scenario == "replicas" else 1
     for _ in range(replicas):
@@ -218,10 +239,19 @@ async def test_no_loss_under_faults(scenario, guarantee, worker_factory, bootstr
         "lost": len(produced.ids - scored_ids),
         "duplicated": sum(n - 1 for n in per_input.values()),
         "duplicated_examples": sorted(k for k, n in per_input.items() if n > 1)[:10],
+        "lost_examples": sorted(produced.ids - scored_ids, key=lambda i: int(i[1:]))[:10],
         "restarts_by_supervisor": fleet.restarts,
         "seconds": round(elapsed, 1),
         **notes,
     }
+    if scenario == "pause":
+        # The pauses must have made the broker abort open transactions, or this proved nothing.
+        # (fenced: the broker bumped the producer's epoch; aborted: the attempt ran out of time first.)
+        result["transactions_interrupted"] = sum(
+            e.get("count", 1) for w in fleet.workers for name in ("transaction.fenced", "transaction.aborted")
+            for e in w.events(name)
+        )
+        result["worker_restarts"] = fleet.restarts
     RESULTS.append(result)
     print(f"\n{result}")
     assert result["produced"] == EVENTS
@@ -230,3 +260,6 @@ async def test_no_loss_under_faults(scenario, guarantee, worker_factory, bootstr
         assert result["duplicated"] == 0, result
     if scenario == "sigterm":
         assert result["duplicated"] == 0, result
+    if scenario == "pause":
+        assert result["transactions_interrupted"] > 0, result
+        assert fleet.restarts == 0, "a pause shorter than the session timeout must not cost the worker"

@@ -56,7 +56,7 @@ def exported_metric_names() -> set[str]:
     """Sample names the worker can export: counters get _total, histograms _bucket/_sum/_count."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from worker import metrics
+    from worker.ops import metrics
 
     names = set()
     for value in vars(metrics).values():

@@ -14,7 +14,8 @@ import pytest
 from aiokafka import TopicPartition
 
 from tests.kafka_helpers import committed_offsets, consume_all, create_topic
-from worker.publisher import Delivery, OutboundRecord, PartitionFenced, TransactionalPublisher
+from worker.kafka.publisher import Delivery, Outbound, PartitionFenced, TransactionalPublisher
+from worker.pipeline.ledger import OffsetLedger
 
 pytestmark = pytest.mark.kafka
 
@@ -27,8 +28,10 @@ async def publishers(bootstrap: str, topics: dict[str, str]) -> AsyncIterator[Ca
     made: list[TransactionalPublisher] = []
 
     def make() -> TransactionalPublisher:
+        ledger = OffsetLedger()  # each replica has its own; this one owns input partition 0
+        ledger.assigned([TopicPartition(topics["input_topic"], 0)])
         publisher = TransactionalPublisher(
-            bootstrap, group_id=topics["group_id"], transaction_timeout_ms=10000, request_timeout_ms=5000
+            bootstrap, group_id=topics["group_id"], floors=ledger, transaction_timeout_ms=10000, request_timeout_ms=5000
         )
         made.append(publisher)
         return publisher
@@ -42,7 +45,7 @@ def share(topics: dict[str, str], offsets: range) -> Delivery:
     """What the pipeline hands over for input partition 0: one output per input offset."""
     delivery = Delivery(TopicPartition(topics["input_topic"], 0))
     for offset in offsets:
-        delivery.add(offset, OutboundRecord(topics["output_topic"], str(offset).encode(), str(offset).encode()))
+        delivery.add(offset, Outbound(topics["output_topic"], str(offset).encode(), str(offset).encode()))
     return delivery
 
 

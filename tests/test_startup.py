@@ -23,7 +23,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.kafka_helpers import consume_all, create_topic, free_port
-from worker.codec import InputRecord, decode
+from worker.pipeline.codec import InputRecord, decode
 from worker.settings import InputFormat, Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,15 +108,16 @@ def test_flag_is_validated_and_wins_over_env(base_env: dict[str, str]) -> None:
     assert_refused(proc, "invalid settings", "BATCH_MAX_SIZE")
 
 
-def test_missing_model_directory(base_env: dict[str, str]) -> None:
+def test_missing_model_directory(base_env: dict[str, str], bootstrap: str) -> None:
     # Bad env values overridden by good flags are no error: start-up goes on to the model (the flag wins).
+    run = uuid.uuid4().hex[:8]
     env = {**base_env, "DEVICE": "tpu", "BATCH_MAX_SIZE": "0", "MODEL": "/nonexistent",
-           "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{dead_port()}"}
+           "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "INPUT_TOPIC": f"in-{run}", "OUTPUT_TOPIC": f"out-{run}"}
     proc = cli(["run", "--device", "cpu", "--batch-max-size", "8"], env, timeout=60)
     assert_refused(proc, "MODEL='/nonexistent'", "no such directory")
     assert "invalid settings" not in proc.stderr
-    assert "model.load_failed" in log_events(proc.stdout)
-    assert "kafka.setup_failed" not in log_events(proc.stdout)
+    events = log_events(proc.stdout)
+    assert "topics.ready" in events and "model.load_failed" in events
 
 
 # ----------------------------------------------------------------------------- Kafka
@@ -129,8 +130,10 @@ def test_unreachable_broker(base_env: dict[str, str], tiny_model: Path) -> None:
     proc = cli(["run"], env, timeout=90)
     assert_refused(proc, f"Cannot reach Kafka at 127.0.0.1:{port}", "KAFKA_BOOTSTRAP_SERVERS")
     assert time.monotonic() - started < 60
+    assert "KafkaConnectionError: KafkaConnectionError" not in proc.stderr, proc.stderr
     events = log_events(proc.stdout)
-    assert "model.loaded" in events and "kafka.setup_failed" in events
+    # Kafka is checked before the model is loaded: a wrong address is reported in seconds.
+    assert "kafka.setup_failed" in events and "model.loaded" not in events
     assert "topics.ready" not in events
 
 

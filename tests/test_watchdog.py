@@ -1,6 +1,6 @@
 """The stall watchdog: only an idle consumer with waiting input and an empty pipeline is stuck."""
 
-from worker.watchdog import StallWatchdog
+from worker.ops.watchdog import StallWatchdog
 
 
 def test_progress_or_pending_work_or_no_lag_is_never_a_stall() -> None:

@@ -22,9 +22,9 @@ import orjson
 import typer
 from pydantic import ValidationError
 
-from worker import logs
 from worker.bench import bench
-from worker.memory import tune_malloc
+from worker.ops import logs
+from worker.ops.memory import tune_malloc
 from worker.settings import Settings
 
 app = typer.Typer(
@@ -110,94 +110,13 @@ def _show(value: Any) -> str:
 @with_settings()
 def run(settings: Settings) -> None:
     """Consume the input topic, score batches, publish to the output topic (until stopped)."""
-    import faust
-
-    from worker.app import create_app
-    from worker.engine import ModelLoadError, SentimentEngine
-    from worker.pipeline import BatchPipeline
-    from worker.publisher import Publisher, TransactionalPublisher
-    from worker.security import aiokafka_options
-    from worker.settings import Guarantee
-    from worker.topics import KafkaSetupError, ensure_topics
+    from worker.service import StartupError, run_worker
 
     logs.configure(settings.log_level, settings.log_format.value)
-    log = logs.get_logger("worker.cli")
-    log.info("worker.starting", settings=settings.summary())
-    started = time.perf_counter()
     try:
-        engine = SentimentEngine.from_settings(settings)
-        engine.warmup()
-    except ModelLoadError as exc:
-        log.error("model.load_failed", error=str(exc))
+        run_worker(settings)
+    except StartupError as exc:  # already logged where it happened
         raise _fail(str(exc)) from None
-    info = engine.info
-    log.info(
-        "model.loaded",
-        name=info.name,
-        revision=info.revision,
-        device=info.device,
-        precision=info.precision,
-        labels=list(info.labels),
-        seconds=round(time.perf_counter() - started, 2),
-    )
-    if info.random_weights:
-        log.warning("model.random_weights", message="RANDOM WEIGHTS: this model's predictions mean nothing")
-
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        partitions = loop.run_until_complete(
-            ensure_topics(
-                settings.kafka_bootstrap_servers,
-                [settings.input_topic, settings.output_topic, settings.dead_letter_topic_name],
-                create=settings.create_topics,
-                partitions=settings.topic_partitions,
-                replication_factor=settings.topic_replication_factor,
-                timeout_s=settings.kafka_timeout_s,
-                options=aiokafka_options(settings),
-            )
-        )
-    except KafkaSetupError as exc:
-        log.error("kafka.setup_failed", error=str(exc))
-        raise _fail(str(exc)) from None
-    log.info("topics.ready", partitions=partitions, guarantee=settings.processing_guarantee.value)
-
-    publisher: Publisher | TransactionalPublisher
-    if settings.processing_guarantee is Guarantee.exactly_once:
-        publisher = TransactionalPublisher(
-            settings.kafka_bootstrap_servers,
-            group_id=settings.group_id,
-            transaction_timeout_ms=settings.transaction_timeout_ms,
-            request_timeout_ms=int(settings.kafka_request_timeout_s * 1000),
-            options=aiokafka_options(settings),
-        )
-    else:
-        publisher = Publisher(
-            settings.kafka_bootstrap_servers,
-            client_id=f"{settings.group_id}-publisher",
-            request_timeout_ms=int(settings.kafka_request_timeout_s * 1000),
-            options=aiokafka_options(settings),
-        )
-    pipeline = BatchPipeline(
-        engine,
-        publisher,
-        output_topic=settings.output_topic,
-        dead_letter_topic=settings.dead_letter_topic_name,
-        input_format=settings.input_format,
-        include_text=settings.include_text,
-        backoff_max_s=settings.publish_backoff_max_s,
-    )
-    faust_app = create_app(settings, pipeline, publisher)
-    worker = faust.Worker(
-        faust_app,
-        loop=loop,
-        loglevel=settings.log_level,
-        logging_config=logs.logging_config(settings.log_level, settings.log_format.value),
-        redirect_stdouts=False,
-        quiet=True,
-        override_logging=True,
-    )
-    worker.execute_from_commandline()
 
 
 # ----------------------------------------------------------------------- produce
@@ -232,9 +151,9 @@ def produce(
     """Send texts to the input topic (one record per argument or line)."""
     from aiokafka import AIOKafkaProducer
 
-    from worker.codec import InputRecord, encode_input
-    from worker.security import aiokafka_options
-    from worker.topics import KafkaSetupError, ensure_topics
+    from worker.pipeline.codec import InputRecord, encode_input
+    from worker.kafka.security import aiokafka_options
+    from worker.kafka.topics import KafkaSetupError, ensure_topics
 
     logs.configure(settings.log_level, settings.log_format.value)
 
@@ -302,8 +221,8 @@ def tail(
     """Print scored events from the output topic (read_committed)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from worker.security import aiokafka_options
-    from worker.topics import KafkaSetupError, ensure_topics
+    from worker.kafka.security import aiokafka_options
+    from worker.kafka.topics import KafkaSetupError, ensure_topics
 
     async def consume() -> int:
         counts = await ensure_topics(
@@ -325,7 +244,7 @@ def tail(
         await consumer.start()
         seen = 0
         try:
-            tps = [TopicPartition(settings.output_topic, p) for p in range(counts[settings.output_topic])]
+            tps = [TopicPartition(settings.output_topic, p) for p in range(counts.partitions[settings.output_topic])]
             consumer.assign(tps)
             if since_ms is not None:
                 found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
@@ -391,7 +310,7 @@ def init_random(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Write a randomly initialised DistilBERT classifier. ITS PREDICTIONS MEAN NOTHING."""
-    from worker.random_model import write_random_model
+    from worker.model.random_model import write_random_model
 
     write_random_model(directory, size.value, seed=seed)
     typer.secho(
@@ -406,7 +325,7 @@ def init_random(
 @with_settings(["model", "model_revision", "device", "precision", "max_length", "attention", "torch_compile"])
 def check(settings: Settings) -> None:
     """Load the configured model and score two texts: exits non-zero if it can't be loaded."""
-    from worker.engine import ModelLoadError, SentimentEngine
+    from worker.model.engine import ModelLoadError, SentimentEngine
 
     try:
         engine = SentimentEngine.from_settings(settings)
@@ -424,7 +343,7 @@ def check(settings: Settings) -> None:
 
 
 def main() -> None:
-    tune_malloc()  # first, before any thread allocates: see worker.memory
+    tune_malloc()  # first, before any thread allocates: see worker.ops.memory
     app()
 
 

@@ -121,6 +121,17 @@ class Settings(BaseSettings):
     publish_backoff_max_s: float = Field(
         30.0, gt=0, description="Longest pause between retries when the output can't be written."
     )
+    publish_retry_budget_s: float = Field(
+        300.0,
+        gt=0,
+        description="How long a batch may keep failing to publish before the worker gives up: /ready turns 503 "
+        "and it exits 1 (its replacement resumes from the committed offsets).",
+    )
+    min_insync_replicas: int = Field(
+        2,
+        ge=1,
+        description="min.insync.replicas of topics this worker creates (capped at TOPIC_REPLICATION_FACTOR).",
+    )
     session_timeout_s: float = Field(
         30.0, ge=6, description="A replica that sends no heartbeat for this long loses its partitions."
     )
@@ -191,6 +202,11 @@ class Settings(BaseSettings):
     web_enabled: bool = Field(True, description="Serve Faust's web endpoints (health) on web_port.")
     web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's web endpoints.")
     web_host: str = Field("0.0.0.0", description="Address the web endpoints bind to.")
+    web_builtin_pages: bool = Field(
+        False,
+        description="Also serve Faust's own pages (/router, /table, /graph, statistics): they show host names "
+        "and assignments. Off: only /health, /ready and /metrics.",
+    )
     data_dir: Path = Field(
         Path(os.environ.get("TMPDIR", "/tmp")) / "sentiment-worker",
         description="Scratch directory for Faust's local state.",
@@ -245,6 +261,14 @@ class Settings(BaseSettings):
             raise ValueError(f"SECURITY_PROTOCOL={self.security_protocol.value} needs SASL_USERNAME")
         if self.sasl_password_file is not None and not self.sasl_password_file.is_file():
             raise ValueError(f"SASL_PASSWORD_FILE {self.sasl_password_file} is not a readable file")
+        if (
+            self.processing_guarantee is Guarantee.exactly_once
+            and self.kafka_request_timeout_s * 1000 >= self.transaction_timeout_ms
+        ):
+            raise ValueError(
+                f"TRANSACTION_TIMEOUT_MS ({self.transaction_timeout_ms}) must exceed KAFKA_REQUEST_TIMEOUT_S "
+                f"({self.kafka_request_timeout_s:g} s): a transaction is given up before the broker aborts it"
+            )
         return self
 
     @property

@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from worker.engine import Encoded, ModelInfo, SentimentEngine  # noqa: E402
-from worker.workloads import token_lengths  # noqa: E402
+from worker.model.engine import Encoded, ModelInfo, SentimentEngine  # noqa: E402
+from worker.bench.workloads import token_lengths  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -49,7 +49,7 @@ from typing import Any, Optional
 
 import typer
 
-from worker.workloads import WORKLOADS, make_texts, token_lengths
+from worker.bench.workloads import WORKLOADS, make_texts, token_lengths
 
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka"
@@ -118,7 +118,7 @@ def ensure_model(cache: Path, size: str) -> Path:
     """The random DistilBERT model of the bench, written once into the cache."""
     directory = cache / "models" / size
     if not (directory / "config.json").exists():
-        from worker.random_model import write_random_model
+        from worker.model.random_model import write_random_model
 
         write_random_model(directory, size)  # type: ignore[arg-type]
     return directory
@@ -1035,7 +1035,7 @@ def _ceiling_main(argv: list[str]) -> None:
     parser.add_argument("--passes", type=int, default=2)
     args = parser.parse_args(argv)
 
-    from worker.engine import SentimentEngine
+    from worker.model.engine import SentimentEngine
 
     engine = SentimentEngine.load(
         args.model, device=args.device, precision=args.precision, max_batch_tokens=args.max_batch_tokens,
@@ -1055,10 +1055,10 @@ def _ceiling_main(argv: list[str]) -> None:
         t_all = time.perf_counter()
         for encoded in batches:
             t0 = time.perf_counter()
-            engine.infer(encoded)
+            report = engine.infer(encoded).report
             times_now.append(time.perf_counter() - t0)
-            real += engine.last_report.real_tokens
-            padded += engine.last_report.padded_tokens
+            real += report.real_tokens
+            padded += report.padded_tokens
         if engine.info.device.startswith("cuda"):
             import torch
 
@@ -1183,7 +1183,7 @@ def _noop_worker_main(argv: list[str]) -> None:
     import torch
 
     from worker.cli import main
-    from worker.engine import SentimentEngine
+    from worker.model.engine import SentimentEngine
 
     original = SentimentEngine.from_settings.__func__  # type: ignore[attr-defined]
 
@@ -1198,8 +1198,7 @@ def _noop_worker_main(argv: list[str]) -> None:
         def forward(*, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
             return _Out(torch.zeros((input_ids.shape[0], labels)))
 
-        engine._forward = forward  # noqa: SLF001
-        return engine
+        return engine.with_forward(forward)
 
     SentimentEngine.from_settings = classmethod(from_settings)  # type: ignore[method-assign, assignment]
     sys.argv = ["sentiment-worker", *argv]
@@ -1214,7 +1213,7 @@ def _noop_worker_main(argv: list[str]) -> None:
     main()
 
 
-if __name__ == "__main__":
+def main() -> None:
     role, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if role == "_ceiling":
         _ceiling_main(rest)

@@ -1,7 +1,10 @@
-"""Start-up checks against the cluster: reachable brokers, existing topics.
+"""Start-up checks against the cluster: reachable brokers, existing topics, their size limits.
 
-Run before Faust starts, so that a wrong address or a missing topic ends the
-process with one clear line instead of a loop of reconnect warnings.
+Run before the model is loaded and before Faust starts, so that a wrong
+address or a missing topic ends the process with one clear line within
+seconds, instead of minutes of model loading followed by a loop of reconnect
+warnings. The topics' ``max.message.bytes`` are read here too: every record
+the worker writes is checked against them before it is sent.
 """
 
 from __future__ import annotations
@@ -10,18 +13,27 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
-from worker import logs
+from worker.kafka.errors import describe
+from worker.ops import logs
 
 log = logs.get_logger(__name__)
 
 
 class KafkaSetupError(RuntimeError):
     """The cluster is not usable as configured; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    partitions: dict[str, int]
+    max_message_bytes: dict[str, int]  # the topics' effective max.message.bytes
 
 
 async def _tls_failure(bootstrap_servers: str, context: Optional[ssl.SSLContext]) -> Optional[str]:
@@ -49,9 +61,14 @@ async def ensure_topics(
     partitions: int,
     replication_factor: int,
     timeout_s: float,
+    min_insync_replicas: Optional[int] = None,
     options: Optional[dict[str, Any]] = None,
-) -> dict[str, int]:
-    """Return each topic's partition count, creating missing ones when allowed."""
+) -> TopicInfo:
+    """Each topic's partition count and size limit, creating missing ones when allowed.
+
+    Created topics get ``min.insync.replicas`` = the smaller of ``min_insync_replicas``
+    and the replication factor (a larger value would refuse every write).
+    """
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers,
         request_timeout_ms=int(timeout_s * 1000),
@@ -71,11 +88,11 @@ async def ensure_topics(
             ) from None
         if "auth" in type(exc).__name__.lower() or "sasl" in str(exc).lower():
             raise KafkaSetupError(
-                f"Kafka at {bootstrap_servers} refused the credentials ({exc.__class__.__name__}: {exc}). "
+                f"Kafka at {bootstrap_servers} refused the credentials ({describe(exc)}). "
                 "Check SASL_USERNAME / SASL_PASSWORD(_FILE) / SASL_MECHANISM."
             ) from None
         raise KafkaSetupError(
-            f"Cannot reach Kafka at {bootstrap_servers} ({exc.__class__.__name__}: {exc}). "
+            f"Cannot reach Kafka at {bootstrap_servers} ({describe(exc)}). "
             "Check KAFKA_BOOTSTRAP_SERVERS and that the brokers are up (deploy/local/kafka status)."
         ) from None
     try:
@@ -87,15 +104,27 @@ async def ensure_topics(
                 "Create them, or set CREATE_TOPICS=true to let the worker create them."
             )
         if missing:
+            configs = {}
+            if min_insync_replicas is not None:
+                configs["min.insync.replicas"] = str(min(min_insync_replicas, replication_factor))
             try:
                 await admin.create_topics(
-                    [NewTopic(t, num_partitions=partitions, replication_factor=replication_factor) for t in missing]
+                    [
+                        NewTopic(t, num_partitions=partitions, replication_factor=replication_factor, topic_configs=configs)
+                        for t in missing
+                    ]
                 )
             except TopicAlreadyExistsError:
                 pass  # another replica won the race
-            log.info("topics.created", topics=missing, partitions=partitions, replication_factor=replication_factor)
+            log.info(
+                "topics.created",
+                topics=missing,
+                partitions=partitions,
+                replication_factor=replication_factor,
+                min_insync_replicas=configs.get("min.insync.replicas"),
+            )
             existing = await _partition_counts(admin, topics)
-        return existing
+        return TopicInfo(existing, await _max_message_bytes(admin, [t for t in topics if t in existing]))
     finally:
         await admin.close()
 
@@ -112,3 +141,20 @@ async def _partition_counts(admin: AIOKafkaAdminClient, topics: Sequence[str]) -
         if meta.get("error_code", 0) == 0 and meta.get("partitions"):
             counts[meta["topic"]] = len(meta["partitions"])
     return counts
+
+
+async def _max_message_bytes(admin: AIOKafkaAdminClient, topics: Sequence[str]) -> dict[str, int]:
+    """Each topic's effective max.message.bytes (its own setting, else the broker's default)."""
+    if not topics:
+        return {}
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None}) for topic in topics]
+    )
+    limits: dict[str, int] = {}
+    for response in responses:
+        for resource in response.resources:
+            name, entries = resource[3], resource[4]
+            for entry in entries:
+                if entry[0] == "max.message.bytes" and entry[1] is not None:
+                    limits[name] = int(entry[1])
+    return limits

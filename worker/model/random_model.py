@@ -12,7 +12,7 @@ import string
 from pathlib import Path
 from typing import Literal
 
-from worker.engine import RANDOM_WEIGHTS_MARKER
+from worker.model.loading import RANDOM_WEIGHTS_MARKER
 
 Size = Literal["tiny", "base"]
 

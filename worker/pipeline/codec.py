@@ -118,8 +118,13 @@ def encode_output(
     model: dict[str, Optional[str]],
     processed_at: str,
     include_text: bool = False,
+    text: Optional[str] = None,
 ) -> bytes:
-    """Serialise one scored event (schemas/sentiment-output.v1.json)."""
+    """Serialise one scored event (schemas/sentiment-output.v1.json).
+
+    ``text``: what to copy with ``include_text`` when it differs from the input's text
+    (a truncated text is copied as far as it was scored).
+    """
     doc: dict[str, Any] = {
         "schema_version": OUTPUT_SCHEMA_VERSION,
         "id": record.id if record.id is not None else source.default_id,
@@ -140,7 +145,7 @@ def encode_output(
     if record.ts is not None:
         doc["ts"] = record.ts
     if include_text:
-        doc["text"] = record.text
+        doc["text"] = record.text if text is None else text
     return orjson.dumps(doc)
 
 

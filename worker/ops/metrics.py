@@ -43,12 +43,20 @@ CONSUMER_LAG = Gauge(
     "Records behind the partition's end (last stable offset minus the next offset to ack).",
     ["topic", "partition"],
 )
+CONSUMER_LAG_SECONDS = Gauge(
+    f"{PREFIX}_consumer_lag_seconds",
+    "Age of the oldest input record whose output is not stored yet (0 when none waits).",
+    ["topic", "partition"],
+)
+REBALANCES = Counter(f"{PREFIX}_rebalances", "Partition assignments this replica received.")
+TRUNCATED = Counter(f"{PREFIX}_truncated_texts", "Texts longer than MAX_LENGTH tokens (scored on their beginning).")
 ASSIGNED_PARTITIONS = Gauge(f"{PREFIX}_assigned_partitions", "Input partitions this replica owns (0: idle).")
 TRANSACTIONS = Counter(
     f"{PREFIX}_transactions", "Kafka transactions in exactly-once mode; outcome=committed, aborted or fenced.", ["outcome"]
 )
 PUBLISH_ERRORS = Counter(f"{PREFIX}_publish_errors", "Failed publish attempts (retried with backoff).", ["topic"])
 FAILURES = Counter(f"{PREFIX}_pipeline_failures", "Fatal pipeline errors (the worker exits).")
+MODEL_LOAD_SECONDS = Gauge(f"{PREFIX}_model_load_seconds", "How long loading and warming up the model took at start.")
 MODEL_INFO = Gauge(
     f"{PREFIX}_model_info", "The loaded model (value 1).", ["name", "revision", "device", "precision"]
 )

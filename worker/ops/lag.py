@@ -1,19 +1,16 @@
-"""Broker-side lag, and a watchdog for a consumer that stopped fetching.
+"""Broker-side lag: records behind the end of each input partition, in events and in seconds.
 
-The lag is measured from the broker (end offsets and the group's committed
-offsets, through a group-less client), so it is known from the first second,
-also for partitions that have not been consumed yet.
+Measured from the broker (end offsets and the group's committed offsets,
+through a group-less client), so it is known from the first second, also for
+partitions that have not been consumed yet. The end offsets are the last
+stable offsets (``read_committed``): records of an upstream transaction still
+open can't be read yet and don't count as waiting.
 
-A defence in depth against a consumer that stops fetching without an error: a
-worker that holds partitions (or fell out of its group), has nothing in flight,
-has consumed nothing for ``stall_timeout_s`` and yet has input waiting is
-stuck: it exits non-zero so its orchestrator restarts it (uncommitted input is
-consumed again; nothing is lost).
-
-"Input waiting" is measured from the consumer's fetch position, not from the
+"Unfetched" is measured from the consumer's fetch position, not from the
 committed offset: a transactional producer's commit marker (and its aborted
 records) take offsets that are never delivered, so the committed offset of an
-idle partition can stay one or more below the end for good.
+idle partition can stay one or more below the end for good. The stall
+watchdog uses it (``worker.ops.watchdog``).
 """
 
 from __future__ import annotations
@@ -26,8 +23,8 @@ from typing import Any, Optional
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from worker import logs
-from worker.aio import bounded
+from worker.ops import logs
+from worker.ops.aio import bounded
 
 log = logs.get_logger(__name__)
 
@@ -46,7 +43,12 @@ class LagProbe:
             # read_committed, like the worker's own consumer: end offsets are then the last
             # stable offsets, so records of an upstream transaction still open don't count as
             # waiting (the worker can't have them yet).
-            self._consumer = AIOKafkaConsumer(enable_auto_commit=False, isolation_level="read_committed", **self._config)
+            self._consumer = AIOKafkaConsumer(
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+                max_partition_fetch_bytes=1024,  # one record (or batch) is all the age needs
+                **self._config,
+            )
             await self._consumer.start()
             self._admin = AIOKafkaAdminClient(**self._config)
             await self._admin.start()
@@ -64,33 +66,59 @@ class LagProbe:
     async def lag(
         self,
         partitions: Iterable[TopicPartition],
-        acked: Mapping[tuple[str, int], int],
-        fetched: Optional[Mapping[tuple[str, int], int]] = None,
+        stored: Mapping[TopicPartition, int],
+        fetched: Optional[Mapping[TopicPartition, int]] = None,
+        *,
+        ages: bool = False,
     ) -> "Lag":
-        """Records behind the end per partition, and those the consumer has not even fetched yet.
+        """Records behind the end per partition, those the consumer has not even fetched yet,
+        and (``ages``) how old the oldest record not yet stored is, per partition.
 
-        ``acked``: next offset to acknowledge per partition, where known (else the
-        committed offset counts). ``fetched``: the consumer's fetch positions.
+        ``stored``: per partition the next offset whose output is not stored yet, where
+        known (else the committed offset counts). ``fetched``: the consumer's fetch positions.
         """
         tps = list(partitions)
         if not tps:
-            return Lag({}, 0)
+            return Lag({}, 0, {})
         await self.start()
         assert self._consumer is not None and self._admin is not None
         ends = await self._consumer.end_offsets(tps)
         committed = await self._admin.list_consumer_group_offsets(self._group_id, partitions=tps)
         behind: dict[TopicPartition, int] = {}
+        bases: dict[TopicPartition, int] = {}
         unfetched = 0
         for tp in tps:
-            key = (tp.topic, tp.partition)
             meta = committed.get(tp)
-            base = acked.get(key)
+            base = stored.get(tp)
             if base is None:
                 base = meta.offset if meta is not None and meta.offset >= 0 else 0
+            bases[tp] = base
             behind[tp] = max(0, ends[tp] - base)
-            position = (fetched or {}).get(key)
+            position = (fetched or {}).get(tp)
             unfetched += behind[tp] if position is None else max(0, ends[tp] - position)
-        return Lag(behind, unfetched)
+        age = await self._ages({tp: bases[tp] for tp in tps if behind[tp] > 0}) if ages else {}
+        return Lag(behind, unfetched, {tp: age.get(tp, 0.0) for tp in tps})
+
+    async def _ages(self, bases: Mapping[TopicPartition, int]) -> dict[TopicPartition, float]:
+        """Seconds since the Kafka timestamp of the record at each base offset (the oldest waiting one)."""
+        if not bases:
+            return {}
+        assert self._consumer is not None
+        consumer = self._consumer
+        consumer.assign(list(bases))
+        for tp, offset in bases.items():
+            consumer.seek(tp, offset)
+        found: dict[TopicPartition, float] = {}
+        deadline = time.monotonic() + 2.0
+        while len(found) < len(bases) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200, max_records=len(bases))
+            for tp, records in batch.items():
+                if records and tp not in found:
+                    found[tp] = records[0].timestamp / 1000
+                    consumer.pause(tp)
+        consumer.resume(*consumer.assignment())
+        now = time.time()
+        return {tp: max(0.0, now - ts) for tp, ts in found.items()}
 
     async def orphaned_lag(self, topic: str) -> int:
         """Group lag on ``topic`` that no live member can be serving, for a replica without partitions.
@@ -114,23 +142,6 @@ class LagProbe:
 
 @dataclass(frozen=True)
 class Lag:
-    behind: dict[TopicPartition, int]  # end offset minus the next offset to acknowledge (the lag metric)
+    behind: dict[TopicPartition, int]  # end offset minus the next offset not stored yet (the lag metric)
     unfetched: int  # records on the broker the consumer has not fetched, all partitions together
-
-
-class StallWatchdog:
-    """Decides when an idle consumer with lag is stuck."""
-
-    def __init__(self, stall_timeout_s: float) -> None:
-        self.stall_timeout_s = stall_timeout_s
-        self._last_consumed = -1
-        self._last_progress = time.monotonic()
-
-    def stalled(self, *, consumed: int, pending: int, lag: int, now: Optional[float] = None) -> bool:
-        now = time.monotonic() if now is None else now
-        if consumed != self._last_consumed or pending > 0 or lag == 0:
-            # Progress, or work still in the pipeline (e.g. a publish being retried), or nothing to do.
-            self._last_consumed = consumed
-            self._last_progress = now
-            return False
-        return self.stall_timeout_s > 0 and now - self._last_progress >= self.stall_timeout_s
+    age_s: dict[TopicPartition, float]  # age of the oldest record not stored yet (0 when none waits)

@@ -1,0 +1,3 @@
+from worker.bench.runs import main
+
+main()

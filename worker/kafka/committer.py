@@ -1,0 +1,44 @@
+"""At-least-once offset commits: what the ledger says is stored, nothing else.
+
+An input offset is committed only after the broker stored the outputs of
+every record before it (the ledger's ``due()``). A commit the group member
+refuses (the group rebalanced meanwhile: Faust's commit returns False) or
+that raises is not recorded as committed; the next tick, or the next owner,
+starts from what the broker really has. In exactly-once mode each
+transaction commits its own offsets and this is not used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiokafka import TopicPartition
+
+from worker.ops import logs
+from worker.pipeline.ledger import OffsetLedger
+
+log = logs.get_logger(__name__)
+
+CommitFn = Callable[[Mapping[TopicPartition, int]], Awaitable[bool]]
+
+
+class Committer:
+    def __init__(self, ledger: OffsetLedger, commit: CommitFn) -> None:
+        self._ledger = ledger
+        self._commit = commit
+
+    async def commit(self) -> bool:
+        """Commit what is due; True when nothing is left due."""
+        due = self._ledger.due()
+        if not due:
+            return True
+        try:
+            done = await self._commit(due)
+        except Exception as exc:  # noqa: BLE001 - e.g. mid-rebalance; the next tick tries again
+            log.warning("offsets.commit_failed", error=f"{type(exc).__name__}: {exc}", partitions=len(due))
+            return False
+        if not done:
+            log.info("offsets.commit_refused", reason="the group rebalanced meanwhile", partitions=len(due))
+            return False
+        self._ledger.commits_done(due)
+        return True

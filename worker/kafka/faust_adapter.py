@@ -1,0 +1,194 @@
+"""Everything that touches Faust's or aiokafka's internals, in one place.
+
+Faust stays the application: group membership and rebalances, the web
+server, timers, lifecycle and supervision. What it does not do is deliver
+our input: its per-message path (a Stream, an Event and an ack per record,
+and four tasks created per message by ``Consumer._drain_messages``) cost
+~90 µs of the event loop per event, more than everything else together. So
+the consumer's fetch loop is replaced: whole fetches go to an :class:`Intake`
+(the batcher), and nothing is tracked or acknowledged per message. Offsets
+are ours (``worker.pipeline.ledger``); Faust commits nothing, since it sees
+no acknowledged message; ``commit()`` here writes what the ledger says.
+
+Every private hook used below has a test in ``tests/test_faust_adapter.py``
+that fails loudly if an upgrade renames or changes it:
+
+- ``Consumer._drain_messages(fetcher)``: the fetch loop, replaced;
+- ``Consumer._wait_next_records(timeout)``: one fetch, honouring Faust's flow
+  control (paused during rebalances) and active partitions;
+- ``AIOKafkaConsumerThread._create_worker_consumer`` and aiokafka's
+  ``AIOKafkaConsumer._isolation_level``: read ``read_committed``;
+- ``AIOKafkaConsumerThread.commit(offsets) -> bool``: False when the group
+  already rebalanced (then nothing was committed);
+- ``Consumer.position(tp)`` / ``Consumer.seek(tp, offset)``: fetched records
+  that had to be dropped are fetched again;
+- ``faust.App(env=...)`` and the ``web_*_enabled`` settings.
+
+Faust reads ``read_uncommitted`` unless its own exactly-once mode is on, which
+does not cover our output topic (see ``worker.kafka.publisher``). Producers
+that write the input topic in transactions would then have their aborted
+records scored, and their open transactions scored before they commit. Both
+guarantees therefore read ``read_committed``; for producers that don't use
+transactions it changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Optional, Protocol
+
+import aiokafka
+import faust
+from aiokafka import TopicPartition
+from faust.app import base as faust_app
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+ISOLATION_LEVEL = "read_committed"
+IDLE_FETCH_S = 1.0
+
+# mode names a service's logger after the module of its class: name ours under Faust's,
+# so that its chatter stays under the "faust" log level (worker.ops.logs). (Faust's own
+# logger objects can't be reused: mode marks them, and renames the subclass's.)
+_FAUST_DRIVER_LOG = logging.getLogger(f"{faust_aiokafka.__name__}.read_committed")
+
+
+class Intake(Protocol):
+    """Where fetched records go (the batcher in front of the pipeline)."""
+
+    def fetch_started(self) -> int:
+        """A fetch begins; returns a token (the assignment epoch) to hand back with its records."""
+        ...
+
+    def fetch_timeout(self, now: float) -> float:
+        """How long the next fetch may wait for records."""
+        ...
+
+    async def fetched(self, records: Mapping[TopicPartition, list[Any]], token: int, now: float) -> None:
+        """One fetch's records (possibly none: a timeout), per partition in offset order.
+
+        Records it drops, it rewinds (:meth:`BatchConsumer.rewind`), so none is skipped.
+        """
+        ...
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    logger = _FAUST_DRIVER_LOG
+
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # aiokafka hands this to its fetcher in start(), which has not run yet;
+        # Faust offers no setting for it.
+        consumer._isolation_level = ISOLATION_LEVEL  # noqa: SLF001
+        return consumer
+
+
+class BatchConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, handing whole fetches to an :class:`Intake`."""
+
+    logger = _FAUST_DRIVER_LOG
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        """Run by Faust's Fetcher service: fetch, hand over, repeat, until stopped."""
+        intake = getattr(self.app, "intake", None)
+        if intake is None:
+            raise RuntimeError("InputApp.intake must be set before the app starts")
+        consumer_stopped = self._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set  # noqa: SLF001
+        app = self.app
+        try:
+            while not (consumer_stopped() or fetcher_stopped()):
+                # Records are never dropped here: a fetch that straddles a rebalance is judged by
+                # the intake from its token (and rewound, if dropped, so that nothing is skipped).
+                token = intake.fetch_started()
+                records, _ = await self._wait_next_records(intake.fetch_timeout(time.monotonic()))
+                if self.should_stop:
+                    return
+                await intake.fetched(records or {}, token, time.monotonic())
+                await asyncio.sleep(0)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+
+    async def rewind(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Fetch these partitions again from these offsets, where the consumer is already past them.
+
+        For records that were fetched and then dropped (their assignment ended while they
+        were on their way): without this, the consumer would go on after them, and the
+        next commit would skip them.
+        """
+        assigned = {TopicPartition(tp.topic, tp.partition) for tp in self.assignment()}
+        for tp, offset in offsets.items():
+            if tp not in assigned:
+                continue  # its next owner starts from the committed offset
+            position = await self.position(tp)
+            if position is not None and position > offset:
+                await self.seek(tp, offset)
+
+    async def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> bool:
+        """Commit through the group member (generation-checked); False if the group rebalanced meanwhile.
+
+        Only partitions still assigned are committed; other errors crash the app (Faust's choice).
+        """
+        return bool(await self._thread.commit(offsets))  # noqa: SLF001
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = BatchConsumer
+
+
+class InputApp(faust.App):
+    """A Faust app configured by its arguments alone, whose consumer hands over whole fetches."""
+
+    logger = logging.getLogger(f"{faust_app.__name__}.input")
+    intake: Optional[Intake] = None  # where the consumer's fetches go; set before the app starts
+
+    def __init__(self, id: str, *, builtin_pages: bool = False, **options: Any) -> None:
+        # Faust also reads settings from environment variables, several named like ours
+        # (PROCESSING_GUARANTEE, TOPIC_PARTITIONS, WEB_PORT...), and lets them override
+        # its arguments. With PROCESSING_GUARANTEE=exactly_once in the environment it ran
+        # transactions of its own next to ours and committed stale offsets over our
+        # commits (duplicates after a crash). It is given no environment at all.
+        options.setdefault("env", {})
+        # Faust's own pages show host names, assignments and tables: off unless asked for.
+        for page in ("web_router_enabled", "web_tables_enabled", "web_graph_enabled", "web_stats_enabled"):
+            options.setdefault(page, builtin_pages)
+        super().__init__(id, **options)
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+    @property
+    def batch_consumer(self) -> BatchConsumer:
+        consumer = self.consumer
+        assert isinstance(consumer, BatchConsumer)
+        return consumer
+
+    def subscribe(self, topic: str) -> None:
+        """Have Faust's conductor subscribe ``topic`` (an agent would have done it; we have none)."""
+        self.topics.add(self.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"))
+
+    async def positions(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The consumer's fetch positions; a partition whose position isn't known yet is left out."""
+        positions = {}
+        for tp in partitions:
+            try:
+                position = await self.consumer.position(tp)
+            except Exception:  # noqa: BLE001 - e.g. revoked meanwhile
+                continue
+            if position is not None:
+                positions[tp] = position
+        return positions
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition) for tp in self.consumer.assignment()]

@@ -1,0 +1,417 @@
+"""The model: texts in, probabilities out, a batch at a time. Knows nothing of Kafka.
+
+Everything here is synchronous and CPU/GPU bound; callers run it in executor
+threads so the event loop keeps heartbeating while a batch is scored.
+Tokenisation and inference are separate steps so a pipeline can overlap them.
+
+The per-text work is kept out of Python where it can be: one call of the Rust
+tokenizer per batch (it releases the GIL), padding and masks built as arrays,
+one softmax per model call, results handed back as one array per batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import torch
+
+from worker.model.batching import (
+    ATTENTION_SCALE,
+    CPU_CALL_OVERHEAD_TOKENS,
+    GPU_CALL_OVERHEAD_TOKENS,
+    SubBatch,
+    plan_sub_batches,
+)
+from worker.model.loading import Head, ModelInfo, ModelLoadError, load_pretrained
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Upper bound on characters fed to the tokenizer: a WordPiece token covers at
+# most ~100 characters, so this keeps every real token of the first max_length
+# while bounding the cost of a megabyte-sized text.
+CHARS_PER_TOKEN_LIMIT = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    label: str
+    score: float
+    scores: dict[str, float]
+    truncated: bool
+
+
+@dataclass(slots=True)
+class Encoded:
+    """Token ids of a batch, truncated to max_length, not yet padded.
+
+    One row per text, unless ``text_of_row`` is set (LONG_TEXT=windows): then a
+    text longer than max_length has several rows (overlapping windows) and
+    ``text_of_row[r]`` is the index of the text row ``r`` belongs to.
+    ``truncated`` always has one flag per text.
+    """
+
+    input_ids: list[list[int]]
+    truncated: list[bool]
+    text_of_row: Optional[list[int]] = None
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+    @property
+    def texts(self) -> int:
+        return len(self.truncated)
+
+    def subset(self, texts: Sequence[int]) -> "Encoded":
+        """The rows of some texts only, in the order given (for retrying a part of a batch)."""
+        if self.text_of_row is None:
+            return Encoded([self.input_ids[i] for i in texts], [self.truncated[i] for i in texts])
+        position = {text: k for k, text in enumerate(texts)}
+        rows = [r for r, text in enumerate(self.text_of_row) if text in position]
+        return Encoded(
+            [self.input_ids[r] for r in rows],
+            [self.truncated[i] for i in texts],
+            [position[self.text_of_row[r]] for r in rows],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """What one inference call did, for logs and metrics."""
+
+    rows: int
+    real_tokens: int
+    padded_tokens: int
+    model_calls: int
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
+
+    def __add__(self, other: "BatchReport") -> "BatchReport":
+        return BatchReport(
+            self.rows + other.rows,
+            self.real_tokens + other.real_tokens,
+            self.padded_tokens + other.padded_tokens,
+            self.model_calls + other.model_calls,
+        )
+
+
+EMPTY_REPORT = BatchReport(0, 0, 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    """One batch's result: a row of outputs per text, in input order.
+
+    ``values`` holds probabilities (single-label: softmax, multi-label: a
+    sigmoid per label) or, for a regression head, the single predicted value.
+    """
+
+    values: np.ndarray  # [texts, labels], float64
+    truncated: list[bool]
+    labels: tuple[str, ...]
+    head: Head
+    report: BatchReport
+
+    def __len__(self) -> int:
+        return len(self.truncated)
+
+    def predictions(self) -> list[Prediction]:
+        """Per-text objects, for callers that want them (tests, the CLI); the worker reads ``values``."""
+        labels = self.labels
+        out = []
+        for row, truncated in zip(self.values.tolist(), self.truncated):
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append(Prediction(labels[best], row[best], dict(zip(labels, row)), truncated))
+        return out
+
+
+Forward = Callable[..., Any]
+
+
+class SentimentEngine:
+    """A loaded sequence classifier with batch-aware tokenisation and inference."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        info: ModelInfo,
+        *,
+        max_length: int,
+        max_batch_tokens: int,
+        max_batch_rows: int,
+        window_stride: int = 128,
+        forward: Optional[Forward] = None,
+        call_overhead_tokens: Optional[float] = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.info = info
+        self.max_length = max_length
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_rows = max_batch_rows
+        self.long_text = info.long_text
+        self.window_stride = _usable_stride(window_stride, max_length, tokenizer) if self.long_text == "windows" else window_stride
+        self._forward: Forward = forward if forward is not None else model
+        self._device = next(model.parameters()).device
+        self.call_overhead_tokens = (
+            call_overhead_tokens
+            if call_overhead_tokens is not None
+            else (CPU_CALL_OVERHEAD_TOKENS if self._device.type == "cpu" else GPU_CALL_OVERHEAD_TOKENS)
+        )
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._rust = _batch_tokenizer(tokenizer, max_length, self.window_stride if self.long_text == "windows" else 0)
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "SentimentEngine":
+        """The engine as the worker configures it (one place that maps settings to load options)."""
+        return cls.load(
+            settings.model,
+            revision=settings.model_revision,
+            device=settings.device,
+            precision=settings.precision.value,
+            max_length=settings.max_length,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_rows=settings.batch_max_size,
+            threads=settings.torch_threads,
+            attention=settings.attention.value,
+            compile=settings.torch_compile,
+            long_text=settings.long_text.value,
+            window_stride=settings.window_stride,
+        )
+
+    @classmethod
+    def load(
+        cls,
+        source: str,
+        *,
+        revision: Optional[str] = None,
+        device: str = "auto",
+        precision: str = "auto",
+        max_length: int = 512,
+        max_batch_tokens: int = 16384,
+        max_batch_rows: int = 256,
+        threads: Optional[int] = None,
+        attention: str = "auto",
+        compile: bool = False,
+        long_text: str = "truncate",
+        window_stride: int = 128,
+        call_overhead_tokens: Optional[float] = None,
+    ) -> "SentimentEngine":
+        """Load from a local directory or the hub (see :func:`worker.model.loading.load_pretrained`)."""
+        loaded = load_pretrained(
+            source,
+            revision=revision,
+            device=device,
+            precision=precision,
+            max_length=max_length,
+            threads=threads,
+            attention=attention,
+            compile=compile,
+            long_text=long_text,
+        )
+        return cls(
+            loaded.model,
+            loaded.tokenizer,
+            loaded.info,
+            max_length=max_length,
+            max_batch_tokens=max_batch_tokens,
+            max_batch_rows=max_batch_rows,
+            window_stride=window_stride,
+            forward=loaded.forward if loaded.forward is not loaded.model else None,
+            call_overhead_tokens=call_overhead_tokens,
+        )
+
+    def with_forward(self, forward: Forward) -> "SentimentEngine":
+        """The same engine with another forward function (the benchmark's no-op model)."""
+        return SentimentEngine(
+            self.model,
+            self.tokenizer,
+            self.info,
+            max_length=self.max_length,
+            max_batch_tokens=self.max_batch_tokens,
+            max_batch_rows=self.max_batch_rows,
+            window_stride=self.window_stride,
+            forward=forward,
+            call_overhead_tokens=self.call_overhead_tokens,
+        )
+
+    # -- tokenisation ---------------------------------------------------------
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
+        """Tokenise a batch in one call of the fast tokenizer, truncating to max_length.
+
+        With LONG_TEXT=windows a text longer than max_length becomes several
+        rows: windows of max_length tokens (special tokens included) that share
+        ``window_stride`` tokens with their neighbour; ``infer`` averages them.
+        """
+        if not texts:
+            return Encoded(input_ids=[], truncated=[])
+        limit = self.max_length * CHARS_PER_TOKEN_LIMIT
+        cut = [len(text) > limit for text in texts]
+        clipped = [text[:limit] if over else text for text, over in zip(texts, cut)] if any(cut) else list(texts)
+        if self._rust is None:
+            return self._encode_slow(clipped, cut)
+        encodings = self._rust.encode_batch_fast(clipped)
+        if self.long_text == "windows":
+            input_ids: list[list[int]] = []
+            text_of_row: list[int] = []
+            for index, enc in enumerate(encodings):
+                input_ids.append(enc.ids)
+                text_of_row.append(index)
+                for window in enc.overflowing:
+                    input_ids.append(window.ids)
+                    text_of_row.append(index)
+            return Encoded(input_ids=input_ids, truncated=cut, text_of_row=text_of_row)
+        return Encoded(
+            input_ids=[enc.ids for enc in encodings],
+            truncated=[over or bool(enc.overflowing) for over, enc in zip(cut, encodings)],
+        )
+
+    def _encode_slow(self, texts: Sequence[str], cut: Sequence[bool]) -> Encoded:
+        full = self.tokenizer(list(texts), truncation=False, return_attention_mask=False)["input_ids"]
+        short = self.tokenizer(
+            list(texts), truncation=True, max_length=self.max_length, return_attention_mask=False
+        )["input_ids"]
+        truncated = [over or len(f) > len(s) for over, f, s in zip(cut, full, short)]
+        return Encoded(input_ids=short, truncated=truncated)
+
+    def scored_text(self, text: str) -> str:
+        """The beginning of ``text`` that its first window covers: what a truncated text was scored on."""
+        limit = self.max_length * CHARS_PER_TOKEN_LIMIT
+        clipped = text[:limit]
+        if self._rust is None:
+            return clipped
+        encoding = self._rust.encode(clipped)
+        ends = [end for (start, end), special in zip(encoding.offsets, encoding.special_tokens_mask) if not special]
+        return clipped[: max(ends)] if ends else ""
+
+    # -- inference ------------------------------------------------------------
+
+    def plan(self, encoded: Encoded) -> list[SubBatch]:
+        return plan_sub_batches(
+            encoded.lengths,
+            max_tokens=self.max_batch_tokens,
+            max_rows=self.max_batch_rows,
+            call_overhead=self.call_overhead_tokens,
+            attention_scale=ATTENTION_SCALE,
+        )
+
+    def pad(self, rows: Sequence[Sequence[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids and attention mask of one model call, built as arrays (no per-token Python)."""
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        mask = np.arange(width, dtype=np.int64)[None, :] < lengths[:, None]
+        ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
+        ids[mask] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+        return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
+
+    def infer_rows(self, encoded: Encoded) -> tuple[np.ndarray, BatchReport]:
+        """Outputs of every row (window) of an encoded batch, in row order, and what it cost."""
+        lengths = encoded.lengths
+        plan = self.plan(encoded)
+        out = np.empty((len(lengths), len(self.info.labels)), dtype=np.float64)
+        head = self.info.head
+        with torch.inference_mode():
+            for sub in plan:
+                ids, mask = self.pad([encoded.input_ids[i] for i in sub.indices], sub.width)
+                logits = self._forward(
+                    input_ids=ids.to(self._device, non_blocking=True),
+                    attention_mask=mask.to(self._device, non_blocking=True),
+                ).logits.float()
+                if head is Head.single_label:
+                    values = torch.softmax(logits, dim=-1)
+                elif head is Head.multi_label:
+                    values = torch.sigmoid(logits)
+                else:
+                    values = logits
+                out[list(sub.indices)] = values.cpu().numpy()
+        report = BatchReport(
+            rows=len(lengths),
+            real_tokens=sum(lengths),
+            padded_tokens=sum(sub.padded_tokens for sub in plan),
+            model_calls=len(plan),
+        )
+        return out, report
+
+    def infer(self, encoded: Encoded) -> Scores:
+        """Score an encoded batch in length-sorted model calls; one row per text, in input order."""
+        rows, report = self.infer_rows(encoded)
+        values = rows if encoded.text_of_row is None else _combine_windows(encoded, rows)
+        return Scores(values, list(encoded.truncated), self.info.labels, self.info.head, report)
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        return self.infer(self.encode(texts)).predictions()
+
+    def warmup(self) -> None:
+        """Calls at start so the first real batch doesn't pay for lazy initialisation.
+
+        A compiled model is compiled here (a few shapes); oneDNN and CUDA
+        kernels for the common shapes are created here too.
+        """
+        self.predict(["warm up the model", "a second, somewhat longer warm-up sentence for the batch"])
+        self.predict(["warm up " * 40] * 3 + ["short"])
+        if self.info.compiled:
+            self.predict(["a third shape " * 12] * 5)
+
+
+def _batch_tokenizer(tokenizer: Any, max_length: int, stride: int) -> Any:
+    """A private copy of the fast tokenizer's Rust backend, truncating to ``max_length``.
+
+    Overflowing rows (``Encoding.overflowing``) tell that a text was truncated,
+    and with a stride they are the overlapping windows. None for a slow
+    (pure Python) tokenizer.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    rust = Tokenizer.from_str(backend.to_str())
+    rust.no_padding()
+    rust.enable_truncation(max_length, stride=stride, strategy="longest_first", direction="right")
+    return rust
+
+
+def _combine_windows(encoded: Encoded, rows: np.ndarray) -> np.ndarray:
+    """Per text: the mean of its windows' outputs, weighted by each window's token count.
+
+    A text with one window gets exactly that window's outputs, so short
+    texts score the same as with LONG_TEXT=truncate.
+    """
+    assert encoded.text_of_row is not None
+    text_of_row = np.asarray(encoded.text_of_row, dtype=np.int64)
+    weights = np.asarray(encoded.lengths, dtype=np.float64)
+    sums = np.zeros((encoded.texts, rows.shape[1]), dtype=np.float64)
+    np.add.at(sums, text_of_row, rows * weights[:, None])
+    totals = np.bincount(text_of_row, weights=weights, minlength=encoded.texts)
+    return sums / totals[:, None]
+
+
+def _usable_stride(stride: int, max_length: int, tokenizer: Any) -> int:
+    """The fast tokenizer needs the overlap to be shorter than a window's content; cap it at half."""
+    content = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    cap = max(0, content // 2)
+    if stride > cap:
+        log.warning("WINDOW_STRIDE=%d is too large for MAX_LENGTH=%d; using %d", stride, max_length, cap)
+        return cap
+    return stride
+
+
+__all__ = [
+    "BatchReport",
+    "Encoded",
+    "ModelLoadError",
+    "Prediction",
+    "Scores",
+    "SentimentEngine",
+]

@@ -1,0 +1,134 @@
+"""The pipeline's observer: Prometheus metrics, log lines and running totals, per batch.
+
+Logs name where a record was (topic, partition, offset) and why it was set
+aside, never its content.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from worker.ops import logs, metrics
+from worker.pipeline.observer import BatchDone
+
+log = logs.get_logger("worker.pipeline")
+
+
+@dataclass(slots=True)
+class Totals:
+    """Running totals, for the periodic summary line."""
+
+    consumed: int = 0
+    scored: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    abandoned: int = 0
+    dead_lettered_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class Telemetry:
+    """Implements ``worker.pipeline.observer.Observer``."""
+
+    def __init__(self, dead_letter_topic: str) -> None:
+        self._dead_letter_topic = dead_letter_topic
+        self.totals = Totals()
+        self._last_scored = 0
+        self._last_at = time.monotonic()
+
+    def batch_consumed(self, events: int) -> None:
+        self.totals.consumed += events
+        metrics.EVENTS_CONSUMED.inc(events)
+        metrics.BATCH_SIZE.observe(events)
+        metrics.IN_FLIGHT.inc(events)
+
+    def dead_lettered(self, reason: str, topic: str, partition: int, offset: int, error: str) -> None:
+        totals = self.totals
+        totals.dead_lettered_by_reason[reason] = totals.dead_lettered_by_reason.get(reason, 0) + 1
+        metrics.EVENTS_DEAD_LETTERED.labels(reason).inc()
+        log.warning(
+            "record.dead_lettered",
+            reason=reason,
+            error=error[:200],
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            dead_letter_topic=self._dead_letter_topic,
+        )
+
+    def batch_done(self, done: BatchDone) -> None:
+        totals = self.totals
+        report = done.report
+        totals.batches += 1
+        totals.scored += done.scored
+        totals.dead_lettered += done.dead_lettered
+        totals.real_tokens += report.real_tokens
+        totals.padded_tokens += report.padded_tokens
+        metrics.IN_FLIGHT.dec(done.events)
+        metrics.EVENTS_SCORED.inc(done.scored)
+        metrics.BATCHES.inc()
+        metrics.TOKENS.labels("real").inc(report.real_tokens)
+        metrics.TOKENS.labels("padded").inc(report.padded_tokens)
+        metrics.BATCH_TOKENS.observe(report.padded_tokens)
+        if report.padded_tokens:
+            metrics.PADDING_EFFICIENCY.set(report.padding_efficiency)
+        metrics.TOKENIZE_SECONDS.observe(done.encode_s)
+        metrics.INFERENCE_SECONDS.observe(done.infer_s)
+        metrics.PUBLISH_SECONDS.observe(done.publish_s)
+        if done.truncated:
+            metrics.TRUNCATED.inc(done.truncated)
+        now_ms = time.time() * 1000
+        observe = metrics.END_TO_END_SECONDS.observe
+        for timestamp in done.input_timestamps_ms:
+            observe(max(0.0, (now_ms - timestamp) / 1000))
+        log.debug(
+            "batch.done",
+            size=done.events,
+            scored=done.scored,
+            dead_lettered=done.dead_lettered,
+            tokens=report.real_tokens,
+            padded_tokens=report.padded_tokens,
+            model_calls=report.model_calls,
+            encode_ms=round(done.encode_s * 1000, 2),
+            infer_ms=round(done.infer_s * 1000, 2),
+            publish_ms=round(done.publish_s * 1000, 2),
+            total_ms=round(done.total_s * 1000, 2),
+        )
+
+    def batch_abandoned(self, events: int) -> None:
+        self.totals.abandoned += events
+        metrics.IN_FLIGHT.dec(events)
+        log.info("batch.abandoned", events=events, reason="partitions revoked; the next owner reads them again")
+
+    def publish_failed(self, error: str, topics: Sequence[str], attempt: int, retry_in_s: float) -> None:
+        for topic in topics:
+            metrics.PUBLISH_ERRORS.labels(topic).inc()
+        log.error("publish.failed", error=error, topics=list(topics), attempt=attempt, retry_in_s=retry_in_s)
+
+    def transactions(self, outcome: str, count: int = 1) -> None:
+        metrics.TRANSACTIONS.labels(outcome).inc(count)
+        if outcome != "committed":
+            log.warning("transaction." + outcome, count=count)
+
+    def pipeline_failed(self, error: BaseException) -> None:
+        metrics.FAILURES.inc()
+        log.error("pipeline.failed", error=repr(error), exc_info=error)
+
+    def log_throughput(self, in_flight: int) -> None:
+        """The periodic summary line."""
+        now = time.monotonic()
+        totals = self.totals
+        rate = (totals.scored - self._last_scored) / max(now - self._last_at, 1e-9)
+        self._last_scored, self._last_at = totals.scored, now
+        log.info(
+            "throughput",
+            events_per_s=round(rate, 1),
+            scored=totals.scored,
+            dead_lettered=totals.dead_lettered,
+            batches=totals.batches,
+            padding_efficiency=round(totals.real_tokens / totals.padded_tokens, 3) if totals.padded_tokens else None,
+            in_flight=in_flight,
+        )

@@ -1,0 +1,172 @@
+"""From a scored batch to what gets written: an output or a dead letter per input record, per partition.
+
+Every record written here fits its topic: an output larger than the output
+topic's ``max.message.bytes`` becomes a dead letter (``output_too_large``),
+a dead letter larger than the dead-letter topic's limit loses its value
+(``worker.pipeline.dead_letter.without_value``). Every record has a key: an
+output without an input key is keyed by its id (compacted output topics
+refuse keyless records). The same rules decide what replaces a record the
+broker refuses anyway (:meth:`OutputBuilder.fallback`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, Optional, Protocol, Union
+
+from aiokafka import TopicPartition
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+from worker.kafka.publisher import Delivery, Outbound
+from worker.model.loading import ModelInfo
+from worker.pipeline.codec import DecodeError, InputRecord, Source, encode_output
+from worker.pipeline.dead_letter import dead_letter, origin_id, without_value
+from worker.pipeline.scoring import Scored
+
+Decoded = Union[InputRecord, DecodeError]
+# What aiokafka's batch builder may add around one record, on top of its estimate's bytes.
+SIZE_MARGIN = 64
+
+
+class DeadLetterObserver(Protocol):
+    def dead_lettered(self, reason: str, topic: str, partition: int, offset: int, error: str) -> None: ...
+
+
+def record_size(record: Outbound) -> int:
+    """An upper bound of the record's size in a record batch of its own (what max.message.bytes limits)."""
+    return DefaultRecordBatchBuilder.estimate_size_in_bytes(record.key, record.value, list(record.headers)) + SIZE_MARGIN
+
+
+class OutputBuilder:
+    """Builds each batch's deliveries; knows the topics, their size limits and the model block."""
+
+    def __init__(
+        self,
+        *,
+        output_topic: str,
+        dead_letter_topic: str,
+        model: ModelInfo,
+        max_bytes: Mapping[str, int],
+        include_text: bool,
+        scored_text: Callable[[str], str],
+        observer: DeadLetterObserver,
+        copy_headers: Callable[[Sequence[tuple[str, bytes]]], tuple[tuple[str, bytes], ...]] = lambda headers: (),
+    ) -> None:
+        self.output_topic = output_topic
+        self.dead_letter_topic = dead_letter_topic
+        self._model = model
+        self._model_block = model.as_output()
+        self._max_bytes = dict(max_bytes)
+        self._include_text = include_text
+        self._scored_text = scored_text
+        self._observer = observer
+        self._copy_headers = copy_headers
+
+    def build(self, records: Sequence[Any], decoded: Sequence[Decoded], scored: Scored) -> list[Delivery]:
+        """One delivery per input partition, records in offset order (an output or dead letter each).
+
+        ``records``: the consumed records (aiokafka ConsumerRecords), per partition in
+        offset order; ``decoded``: what each value decoded to; ``scored``: the scores
+        of the decoded records' texts, in the same order.
+        """
+        processed_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        labels = scored.scores.labels
+        rows = scored.scores.values.tolist()
+        truncated = scored.scores.truncated
+        failures = scored.failures
+        deliveries: dict[tuple[str, int], Delivery] = {}
+        output_limit = self._max_bytes.get(self.output_topic)
+        text = 0
+        for record, item in zip(records, decoded):
+            where = (record.topic, record.partition)
+            delivery = deliveries.get(where)
+            if delivery is None:
+                delivery = deliveries[where] = Delivery(TopicPartition(record.topic, record.partition))
+            if isinstance(item, DecodeError):
+                out = self._letter(record, item.reason, "DecodeError", str(item))
+            else:
+                index, text = text, text + 1
+                failure = failures.get(index)
+                if failure is not None:
+                    reason, exc = failure
+                    cause = exc.__cause__ or exc
+                    out = self._letter(record, reason, type(cause).__name__, str(cause) or repr(cause))
+                else:
+                    out = self._output(record, item, labels, rows[index], truncated[index], processed_at, output_limit)
+            delivery.add(record.offset, out, record)
+        return list(deliveries.values())
+
+    def _output(
+        self,
+        record: Any,
+        item: InputRecord,
+        labels: Sequence[str],
+        row: Sequence[float],
+        truncated: bool,
+        processed_at: str,
+        limit: Optional[int],
+    ) -> Outbound:
+        best = max(range(len(row)), key=row.__getitem__)
+        source = Source(record.topic, record.partition, record.offset, record.timestamp)
+        try:
+            value = encode_output(
+                item,
+                source,
+                label=labels[best],
+                score=row[best],
+                scores=dict(zip(labels, row)),
+                truncated=truncated,
+                model=self._model_block,
+                processed_at=processed_at,
+                include_text=self._include_text,
+                text=self._scored_text(item.text) if self._include_text and truncated else None,
+            )
+        except (TypeError, ValueError) as exc:  # orjson: a value it can't write; never stall on it
+            return self._letter(record, "encode_failed", type(exc).__name__, str(exc))
+        key = record.key
+        if key is None:
+            key = (item.id if item.id is not None else source.default_id).encode()
+        out = Outbound(self.output_topic, key, value, self._copy_headers(record.headers or ()))
+        if limit is not None and record_size(out) > limit:
+            return self._letter(
+                record,
+                "output_too_large",
+                "RecordTooLargeError",
+                f"the output is about {record_size(out)} bytes, over {self.output_topic}'s max.message.bytes {limit}",
+            )
+        return out
+
+    def _letter(self, record: Any, reason: str, exception_class: str, message: str) -> Outbound:
+        self._observer.dead_lettered(reason, record.topic, record.partition, record.offset, message)
+        letter = dead_letter(
+            self.dead_letter_topic,
+            source_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            reason=reason,
+            exception_class=exception_class,
+            message=message,
+            headers=tuple(record.headers or ()),
+        )
+        return self._fitting(letter)
+
+    def _fitting(self, letter: Outbound) -> Outbound:
+        limit = self._max_bytes.get(self.dead_letter_topic)
+        if limit is not None and record_size(letter) > limit:
+            return without_value(letter)
+        return letter
+
+    def fallback(self, refused: Outbound, origin: Any, exc: BaseException) -> Optional[Outbound]:
+        """What replaces a record the broker refused for good; None when nothing smaller is left."""
+        if refused.kind == "output":
+            return self._letter(origin, "output_rejected", type(exc).__name__, str(exc) or repr(exc))
+        if refused.kind == "dead_letter":
+            return without_value(refused)
+        return None
+
+
+def source_id(record: Any) -> str:
+    return origin_id(record.topic, record.partition, record.offset)

@@ -1,0 +1,241 @@
+"""decode -> tokenise -> infer -> build outputs -> publish -> stored, with the stages overlapped.
+
+Batches enter with :meth:`Pipeline.submit`: decoded at once on the event
+loop, then tokenised, scored and turned into outputs in worker threads while
+the loop goes on fetching, heartbeating and publishing earlier batches. One
+publishing task takes batches strictly in submission order; when several are
+ready it publishes them together (one transaction per input partition for all
+of them in exactly-once mode), and only once the broker has stored
+everything of a batch does it report the batch's offsets to the ledger.
+
+Anything that can't be retried away (a systemic model failure, the retry
+budget spent, a record nothing can be written for) stops the pipeline: the
+failure is kept, nothing of that batch or later is reported stored, and the
+``on_failure`` callback ends the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from worker.kafka.publisher import Delivery
+from worker.pipeline.batcher import Cut
+from worker.pipeline.codec import DecodeError, decode
+from worker.pipeline.delivery import Deliverer
+from worker.pipeline.ledger import BatchTicket, OffsetLedger
+from worker.pipeline.observer import BatchDone, Observer
+from worker.pipeline.outputs import OutputBuilder
+from worker.pipeline.scoring import BatchScorer, Scored
+from worker.settings import InputFormat
+
+MERGE_MAX_BATCHES = 8
+
+
+@dataclass(slots=True)
+class _InFlight:
+    ticket: BatchTicket
+    cut: Cut
+    work: "asyncio.Task[tuple[Scored, list[Delivery]]]"
+    started: float
+
+
+class Pipeline:
+    """Turns consumed batches into stored outputs, and reports them to the ledger in order."""
+
+    def __init__(
+        self,
+        *,
+        scorer: BatchScorer,
+        builder: OutputBuilder,
+        deliverer: Deliverer,
+        ledger: OffsetLedger,
+        observer: Observer,
+        input_format: InputFormat,
+        max_pending: int = 4,
+    ) -> None:
+        self._scorer = scorer
+        self._builder = builder
+        self._deliverer = deliverer
+        self._ledger = ledger
+        self._observer = observer
+        self._format = input_format
+        self._pending: deque[_InFlight] = deque()  # submitted, not yet taken by the publisher
+        self._space = asyncio.Semaphore(max_pending)
+        self._arrived = asyncio.Event()
+        self._outputs_pool = ThreadPoolExecutor(1, thread_name_prefix="outputs")
+        self._publisher: Optional[asyncio.Task[None]] = None
+        self._delivering: Optional[asyncio.Task[list[Delivery]]] = None
+        self._on_failure: Optional[Callable[[BaseException], Awaitable[None]]] = None
+        self._failure: Optional[BaseException] = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self, on_failure: Callable[[BaseException], Awaitable[None]]) -> None:
+        self._on_failure = on_failure
+        self._publisher = asyncio.get_running_loop().create_task(self._publish_loop(), name="publish")
+
+    @property
+    def failure(self) -> Optional[BaseException]:
+        """Why the pipeline stopped, if it did."""
+        return self._failure
+
+    @property
+    def retrying_since(self) -> Optional[float]:
+        """Monotonic time since which the current delivery keeps failing, if it does."""
+        return self._deliverer.failing_since
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until every submitted batch is stored (or dropped); False if that took too long."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def abandon(self) -> None:
+        """The epoch ended with batches still in flight: stop delivering them (the ledger forgot them)."""
+        if self._delivering is not None and not self._delivering.done():
+            self._delivering.cancel()
+
+    async def stop(self, timeout: float) -> bool:
+        """Finish what was submitted (bounded), then stop; True if everything was stored."""
+        drained = await self.drain(timeout) if self._publisher is not None else True
+        if self._publisher is not None:
+            self._publisher.cancel()
+            await asyncio.gather(self._publisher, return_exceptions=True)
+            self._publisher = None
+        self._scorer.close()
+        self._outputs_pool.shutdown(wait=False, cancel_futures=True)
+        return drained
+
+    # -- stage 1: decode and start the work (on the event loop) -----------------------
+
+    async def submit(self, cut: Cut, epoch: int) -> bool:
+        """Decode a batch and start scoring it; waits while ``max_pending`` batches are queued.
+
+        ``epoch``: the assignment the records were fetched in; a batch of an assignment
+        that has ended meanwhile is dropped (False), since it will be fetched again.
+        """
+        if self._failure is not None:
+            raise RuntimeError("the pipeline has failed; not taking more input") from self._failure
+        await self._space.acquire()
+        if epoch != self._ledger.epoch:
+            self._space.release()
+            return False
+        fmt = self._format
+        decoded: list[Any] = []
+        texts: list[str] = []
+        for record in cut.records:
+            try:
+                item = decode(record.value, fmt)
+            except DecodeError as err:
+                decoded.append(err)
+                continue
+            decoded.append(item)
+            texts.append(item.text)
+        ticket = self._ledger.consumed(cut.ends, len(cut.records))
+        self._observer.batch_consumed(len(cut.records))
+        self._idle.clear()
+        work = asyncio.get_running_loop().create_task(self._work(cut, decoded, texts), name="score")
+        self._pending.append(_InFlight(ticket, cut, work, time.perf_counter()))
+        self._arrived.set()
+        return True
+
+    async def _work(self, cut: Cut, decoded: list[Any], texts: list[str]) -> tuple[Scored, list[Delivery]]:
+        scored = await self._scorer.score(texts)
+        loop = asyncio.get_running_loop()
+        deliveries = await loop.run_in_executor(self._outputs_pool, self._builder.build, cut.records, decoded, scored)
+        return scored, deliveries
+
+    # -- stage 2: publish and report, strictly in order (one task) ----------------------
+
+    async def _publish_loop(self) -> None:
+        try:
+            while True:
+                while not self._pending:
+                    self._arrived.clear()
+                    await self._arrived.wait()
+                group = [self._take()]
+                await asyncio.wait({group[0].work})
+                # Batches already scored behind it go out together (fewer transactions, fuller requests).
+                while len(group) < MERGE_MAX_BATCHES and self._pending and self._pending[0].work.done():
+                    group.append(self._take())
+                await self._publish(group)
+                if not self._pending and self._ledger.in_flight_batches == 0:
+                    self._idle.set()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - anything here must stop the line
+            self._failure = exc
+            self._observer.pipeline_failed(exc)
+            if self._on_failure is not None:
+                await self._on_failure(exc)
+
+    def _take(self) -> _InFlight:
+        self._space.release()
+        return self._pending.popleft()
+
+    async def _publish(self, group: Sequence[_InFlight]) -> None:
+        current = [item for item in group if self._ledger.current(item.ticket)]
+        for item in group:
+            if item not in current:
+                item.work.cancel()
+                self._observer.batch_abandoned(item.ticket.events)
+                self._ledger.finished(item.ticket)
+        if not current:
+            return
+        results = [item.work.result() for item in current]  # raises the scoring failure, if any
+        for item in current:
+            self._ledger.publishing(item.ticket)
+        merged: dict[Any, Delivery] = {}
+        for _, deliveries in results:
+            for delivery in deliveries:
+                if delivery.source in merged:
+                    merged[delivery.source].extend(delivery)
+                else:
+                    merged[delivery.source] = delivery
+        epoch = current[0].ticket.epoch
+        t0 = time.perf_counter()
+        self._delivering = asyncio.get_running_loop().create_task(self._deliverer.deliver(list(merged.values()), epoch))
+        try:
+            stored = await self._delivering
+        except asyncio.CancelledError:
+            if self._ledger.current(current[0].ticket):
+                raise
+            stored = []  # abandoned: the epoch ended under it
+        finally:
+            self._delivering = None
+        publish_s = time.perf_counter() - t0
+        for delivery in stored:
+            self._ledger.stored(delivery.source, delivery.next_offset, epoch)
+        for item, (scored, deliveries) in zip(current, results):
+            self._ledger.finished(item.ticket)
+            if not self._ledger.current(item.ticket):
+                self._observer.batch_abandoned(item.ticket.events)
+                continue
+            self._observer.batch_done(_summary(item, scored, deliveries, publish_s))
+
+
+def _summary(item: _InFlight, scored: Scored, deliveries: Sequence[Delivery], publish_s: float) -> BatchDone:
+    outputs = sum(1 for d in deliveries for r in d.records if r.kind == "output")
+    timestamps = [r.timestamp for r in item.cut.records if r.timestamp is not None]
+    return BatchDone(
+        events=len(item.cut.records),
+        scored=outputs,
+        dead_lettered=sum(len(d.records) for d in deliveries) - outputs,
+        report=scored.scores.report,
+        encode_s=scored.encode_s,
+        infer_s=scored.infer_s,
+        publish_s=publish_s,
+        total_s=time.perf_counter() - item.started,
+        input_timestamps_ms=timestamps,
+        truncated=sum(scored.scores.truncated),
+    )
