@@ -12,7 +12,7 @@ import hypothesis  # noqa: F401 - see below
 import pytest
 
 from tests.kafka_helpers import free_port, start_broker, stop_broker
-from tests.worker_process import WorkerProcess
+from worker.bench.harness import WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 # hypothesis is imported above, at a shallow stack: otherwise its pytest plugin imports it

@@ -6,7 +6,6 @@ Nothing here asks the worker what it did; everything is read back from the broke
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -18,45 +17,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from worker.bench.harness import free_port, start_broker, stop_broker  # noqa: F401 - one harness for tests and bench
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka"
-
-
-def start_broker(
-    data_dir: Path,
-    extra_properties: str = "",
-    port: Optional[int] = None,
-    controller_port: Optional[int] = None,
-    scram_users: Sequence[str] = (),
-) -> dict[str, str]:
-    """A broker of the tests' own through deploy/local/kafka; returns its env, with BOOTSTRAP added."""
-    import os
-
-    env = {
-        **os.environ,
-        "KAFKA_DATA_DIR": str(data_dir),
-        "KAFKA_PORT": str(port or free_port()),
-        "KAFKA_CONTROLLER_PORT": str(controller_port or free_port()),
-        "KAFKA_EXTRA_PROPERTIES": extra_properties,
-        "KAFKA_SCRAM_USERS": "\n".join(scram_users),
-    }
-    started = subprocess.run([str(KAFKA_SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=600)
-    if started.returncode != 0:
-        raise RuntimeError(f"local Kafka did not start:\n{started.stdout}\n{started.stderr}")
-    env["BOOTSTRAP"] = started.stdout.strip().splitlines()[-1]
-    return env
-
-
-def stop_broker(env: dict[str, str]) -> None:
-    subprocess.run([str(KAFKA_SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from worker import bench
+from worker.bench import roles
+from worker.bench.runs import RUNS
 from worker.bench.workloads import make_texts, token_lengths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,9 +43,9 @@ def test_texts_have_the_intended_token_counts(tiny_model: Path) -> None:
 
 
 def test_percentile() -> None:
-    assert bench.percentile([], 50) is None
-    assert bench.percentile([1, 2, 3, 4], 50) == 2.5
-    assert bench.percentile(list(range(101)), 99) == 99
+    assert roles.percentile([], 50) is None
+    assert roles.percentile([1, 2, 3, 4], 50) == 2.5
+    assert roles.percentile(list(range(101)), 99) == 99
 
 
 @pytest.mark.kafka
@@ -60,13 +61,16 @@ def test_quick_bench_writes_json_and_png(bootstrap: str, tmp_path: Path) -> None
     report = json.loads((out / "bench.json").read_text())
     assert {"machine", "config", "results", "ratios", "targets"} <= set(report)
     runs = {row["run"]: row for row in report["results"]}
-    assert set(runs) == set(bench.RUNS)
+    assert set(runs) == set(RUNS)
     for name, row in runs.items():
         assert "error" not in row, (name, row.get("error"))
         assert ROW_FIELDS <= set(row), name
         assert row["peak_rss_mib"] and row["peak_rss_mib"] > 0, name
-    for name in ("ceiling", "e2e", "naive", "batched", "noop"):
+    for name in ("ceiling", "e2e", "naive", "batched", "noop", "limit"):
         assert runs[name]["events_per_s"] > 0, name
+    for name in ("noop", "limit"):
+        assert runs[name]["cpu_us_per_event"] > 0, name
+    assert report["ratios"]["noop_vs_limit_p6"] is not None
     for name in ("e2e", "naive", "batched", "noop", "trickle"):
         assert runs[name]["p99_ms"] is not None and runs[name]["p99_ms"] >= runs[name]["p50_ms"], name
     assert 0 < runs["e2e"]["padding_efficiency"] <= 1

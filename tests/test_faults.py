@@ -26,7 +26,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.kafka_helpers import committed_offsets, consume_all, create_topic
-from tests.worker_process import WorkerProcess
+from worker.bench.harness import WorkerProcess
 
 pytestmark = pytest.mark.kafka
 

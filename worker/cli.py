@@ -114,9 +114,10 @@ def run(settings: Settings) -> None:
 
     logs.configure(settings.log_level, settings.log_format.value)
     try:
-        run_worker(settings)
+        status = run_worker(settings)
     except StartupError as exc:  # already logged where it happened
         raise _fail(str(exc)) from None
+    raise typer.Exit(status)
 
 
 # ----------------------------------------------------------------------- produce

@@ -10,6 +10,7 @@ the per-event path.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Optional
 
@@ -270,22 +271,18 @@ class StartupError(RuntimeError):
     """The worker can't start as configured; the message is one line an operator can act on."""
 
 
-def run_worker(settings: Settings) -> None:
-    """Check Kafka, load the model, run the worker until stopped (Faust's Worker handles signals).
+def use_tokenizer_threads(threads: int) -> None:
+    """The Rust tokenizer's thread pool (rayon) is sized once, at its first parallel call: set it first."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
 
-    Kafka is checked first: a wrong address or a missing topic is reported in
-    seconds, not after minutes of loading a model onto a GPU.
-    """
-    import asyncio
 
+def check_kafka(settings: Settings, loop: Any) -> TopicInfo:
+    """Brokers reachable and topics there (or created), before anything slow starts."""
     from worker.kafka.topics import KafkaSetupError, ensure_topics
-    from worker.model.loading import ModelLoadError
 
-    log.info("worker.starting", settings=settings.summary())
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
     try:
-        topics = loop.run_until_complete(
+        return loop.run_until_complete(
             ensure_topics(
                 settings.kafka_bootstrap_servers,
                 [settings.input_topic, settings.output_topic, settings.dead_letter_topic_name],
@@ -300,6 +297,30 @@ def run_worker(settings: Settings) -> None:
     except KafkaSetupError as exc:
         log.error("kafka.setup_failed", error=str(exc))
         raise StartupError(str(exc)) from None
+
+
+def run_worker(settings: Settings, child_argv: Optional[list[str]] = None) -> int:
+    """Check Kafka, load the model, run the worker until stopped (Faust's Worker handles signals).
+
+    Kafka is checked first: a wrong address or a missing topic is reported in
+    seconds, not after minutes of loading a model onto a GPU. With
+    WORKER_PROCESSES > 1 the children (``child_argv``, default ``sentiment-worker
+    run``) do the rest (``worker.supervisor``). Returns the exit status.
+    """
+    import asyncio
+
+    from worker.model.loading import ModelLoadError
+
+    log.info("worker.starting", settings=settings.summary())
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    topics = check_kafka(settings, loop)
+    if settings.worker_processes > 1:
+        from worker.supervisor import supervise
+
+        loop.close()
+        return supervise(settings, child_argv)
+    use_tokenizer_threads(settings.tokenizer_threads)
     log.info("topics.ready", partitions=topics.partitions, max_message_bytes=topics.max_message_bytes,
              guarantee=settings.processing_guarantee.value)
     started = time.perf_counter()
@@ -324,6 +345,7 @@ def run_worker(settings: Settings) -> None:
     )
     if info.random_weights:
         log.warning("model.random_weights", message="RANDOM WEIGHTS: this model's predictions mean nothing")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     service = WorkerService(settings, engine, topics)
     worker = faust.Worker(
         service.app,
@@ -335,3 +357,4 @@ def run_worker(settings: Settings) -> None:
         override_logging=True,
     )
     worker.execute_from_commandline()
+    return 0  # Faust's Worker exits the process itself

@@ -190,6 +190,18 @@ class Settings(BaseSettings):
         None, ge=1, description="CPU threads for inference; default: the cores this process may use."
     )
     attention: Attention = Field(Attention.auto, description="Attention kernel: auto, sdpa or eager.")
+    tokenizer_threads: int = Field(
+        1,
+        ge=1,
+        description="Threads of the Rust tokenizer per batch. 1 leaves the cores to the model (CPU hosts); "
+        "on a GPU host the tokenizer is the limit: give it the cores.",
+    )
+    worker_processes: int = Field(
+        1,
+        ge=1,
+        description="Worker processes in this container (group members sharing its device); "
+        "they use WEB_PORT+1..N on 127.0.0.1, the parent serves WEB_PORT.",
+    )
     torch_compile: bool = Field(False, description="Compile the model with torch.compile (slower start).")
     long_text: LongText = Field(
         LongText.truncate, description="truncate: score the first MAX_LENGTH tokens; windows: average overlapping windows."
@@ -284,6 +296,20 @@ class Settings(BaseSettings):
         if self.sasl_password_file is not None:
             return self.sasl_password_file.read_text().strip()
         return self.sasl_password.get_secret_value() if self.sasl_password is not None else None
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as environment variables (for child processes; holds secrets: never log it)."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, Enum):
+                value = value.value
+            env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
 
     def summary(self) -> dict[str, Any]:
         """What is safe to log at start: secrets are masked by SecretStr."""

@@ -1,16 +1,16 @@
-"""Engine ceiling on a GPU (fp16 and bf16; short and mixed), plus the no-op worker run where Kafka can run.
+"""Engine ceiling on a GPU (fp16 and bf16; short and mixed), plus the worker through Kafka where Kafka can run.
 
 Run through deploy/gpu/bench.sh. The ceiling part needs only torch and
 transformers: it builds a randomly initialised DistilBERT-base (the real
-checkpoint's compute) in memory and times ``worker.engine.SentimentEngine.infer``
+checkpoint's compute) in memory and times ``worker.model.engine.SentimentEngine.infer``
 -- the worker's own sub-batch planning, padding and forward path -- on
 pre-tokenised batches of synthetic token ids whose lengths follow the bench
 workloads (short: 8-48 tokens; mixed: 80 % short, 20 % 100-512). Several batch
 sizes are tried, since a GPU wants far bigger batches than the CPU default of
-64; the best one is the ceiling. The overhead run (``sentiment-worker bench
---runs noop``) is what decides whether one worker process can feed that
-ceiling; it is skipped with a note when the project's dependencies, Java or the
-Kafka jars are missing.
+64; the best one is the ceiling. The Kafka runs (``sentiment-worker bench
+--runs e2e,noop,limit`` at BATCH_MAX_SIZE 512, on this device) show whether one
+worker process feeds that ceiling: e2e / ceiling is the figure; they are skipped
+with a note when the project's dependencies, Java or the Kafka jars are missing.
 """
 
 from __future__ import annotations
@@ -76,11 +76,11 @@ def ceiling(device: torch.device, precision: str, workload: str, rows: int, max_
     t0 = time.perf_counter()
     while True:
         for encoded in batches:
-            engine.infer(encoded)  # returns Python floats: synchronises like the worker does
+            report = engine.infer(encoded).report  # copies to the host: synchronises like the worker does
             done += encoded.texts
-            real += engine.last_report.real_tokens
-            padded += engine.last_report.padded_tokens
-            calls += engine.last_report.model_calls
+            real += report.real_tokens
+            padded += report.padded_tokens
+            calls += report.model_calls
         if time.perf_counter() - t0 >= seconds:
             break
     elapsed = time.perf_counter() - t0
@@ -99,8 +99,9 @@ def ceiling(device: torch.device, precision: str, workload: str, rows: int, max_
     return result
 
 
-def overhead_run(events: int, timeout_s: float) -> dict[str, Any]:
-    """``sentiment-worker bench --runs noop``: Kafka + Python path with the model's forward pass skipped."""
+def kafka_runs(events: int, timeout_s: float, device: torch.device, precision: str, batch: int) -> dict[str, Any]:
+    """``sentiment-worker bench --runs e2e,noop,limit``: the worker through Kafka with the model (e2e),
+    without it (noop), and the plain aiokafka loop (limit), at large batches, on this device."""
     missing = [m for m in ("faust", "aiokafka", "orjson", "structlog", "pydantic_settings", "typer", "tqdm", "matplotlib")
                if importlib.util.find_spec(m) is None]
     if missing:
@@ -109,19 +110,23 @@ def overhead_run(events: int, timeout_s: float) -> dict[str, Any]:
         return {"skipped": "no java on PATH (the local Kafka broker needs Java 17+)"}
     if not any((REPO / ".cache" / "kafka").glob("*/libs/*.jar")) and shutil.which("mvn") is None:
         return {"skipped": "no Kafka jars in .cache/kafka and no Maven to fetch them"}
-    out = Path(tempfile.mkdtemp(prefix="gpu-noop-"))
-    cmd = [sys.executable, "-m", "worker.bench", "--runs", "noop", "--workloads", "short", "--noop-events", str(events),
-           "--device", "cpu", "--out", str(out)]
+    out = Path(tempfile.mkdtemp(prefix="gpu-kafka-"))
+    cmd = [sys.executable, "-m", "worker", "bench", "--runs", "e2e,noop,limit", "--workloads", "short",
+           "--events", str(events), "--noop-events", str(events), "--batch-max-size", str(batch),
+           "--noop-batch-size", str(batch), "--max-batch-tokens", "65536", "--device", str(device),
+           "--precisions", precision, "--out", str(out)]
+    if device.type != "cuda":
+        cmd += ["--model-size", "tiny"]
     try:
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
     except subprocess.TimeoutExpired:
-        return {"skipped": f"overhead run took longer than {timeout_s:.0f}s"}
+        return {"skipped": f"the Kafka runs took longer than {timeout_s:.0f}s"}
     if proc.returncode != 0:
-        return {"skipped": f"overhead run failed: {proc.stderr[-800:]}"}
+        return {"skipped": f"the Kafka runs failed: {proc.stderr[-800:]}"}
     report = json.loads((out / "bench.json").read_text())
-    row = next((r for r in report["results"] if r["run"] == "noop"), {})
-    return {k: row.get(k) for k in ("events", "events_per_s", "batch_max_size", "p50_ms", "p99_ms", "peak_rss_mib", "error")}
+    keep = ("events", "events_per_s", "batch_max_size", "p50_ms", "p99_ms", "peak_rss_mib", "cpu_us_per_event", "error")
+    return {row["run"]: {k: row.get(k) for k in keep} for row in report["results"]} | {"precision": precision}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -134,8 +139,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--events", type=int, default=None, help="events per pass (default 4096; quick 128)")
     parser.add_argument("--seconds", type=float, default=None, help="least time per configuration (default 4; quick 0.5)")
     parser.add_argument("--overhead", choices=("auto", "on", "off"), default="auto",
-                        help="no-op worker run through Kafka: auto = when Java/Kafka/deps are present")
+                        help="the worker through Kafka (e2e, noop, limit): auto = when Java/Kafka/deps are present")
     parser.add_argument("--overhead-events", type=int, default=50000)
+    parser.add_argument("--kafka-batch", type=int, default=512, help="BATCH_MAX_SIZE of the Kafka runs")
     parser.add_argument("--quick", action="store_true", help="tiny model, few events: a rehearsal of the script")
     parser.add_argument("--json", type=Path, default=None, help="also write all results here")
     args = parser.parse_args(argv)
@@ -166,18 +172,22 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     overhead: dict[str, Any] = {"skipped": "--overhead off"}
     if args.overhead != "off":
-        print("  overhead run (no-op model through Kafka) ...", file=sys.stderr, flush=True)
-        overhead = overhead_run(2000 if args.quick else args.overhead_events, timeout_s=240)
+        print("  the worker through Kafka (e2e, noop, limit) ...", file=sys.stderr, flush=True)
+        overhead = kafka_runs(2000 if args.quick else args.overhead_events, timeout_s=420, device=device,
+                              precision=precisions[0], batch=args.kafka_batch)
         if args.overhead == "on" and "skipped" in overhead:
-            print(f"error: overhead run: {overhead['skipped']}", file=sys.stderr)
+            print(f"error: Kafka runs: {overhead['skipped']}", file=sys.stderr)
 
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for r in results:
         key = (r["workload"], r["precision"])
         if key not in best or r["events_per_s"] > best[key]["events_per_s"]:
             best[key] = r
+    e2e = overhead.get("e2e", {}).get("events_per_s") if "skipped" not in overhead else None
+    short = best.get(("short", overhead.get("precision", precisions[0])))
+    ratio = round(e2e / short["events_per_s"], 3) if e2e and short else None
     report = {"device": name, "torch": torch.__version__, "quick": args.quick, "ceiling": results,
-              "best": [best[k] for k in sorted(best)], "overhead": overhead,
+              "best": [best[k] for k in sorted(best)], "overhead": overhead, "e2e_vs_ceiling_short": ratio,
               "seconds": round(time.perf_counter() - started, 1)}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
@@ -188,10 +198,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     for (workload, precision), r in sorted(best.items()):
         print(f"{workload:<8} {precision:<5} {r['batch_rows']:>5} {r['events_per_s']:>11,.1f} {r['tokens_per_s']:>11,} {r['padding_efficiency']:>7.3f}")
     if "skipped" in overhead:
-        print(f"overhead run (no-op model, Kafka): skipped: {overhead['skipped']}")
+        print(f"the worker through Kafka: skipped: {overhead['skipped']}")
     else:
-        print(f"overhead run (no-op model, Kafka, one process): {overhead.get('events_per_s')} events/s "
-              f"(batch {overhead.get('batch_max_size')}, {overhead.get('events')} events)")
+        for run in ("e2e", "noop", "limit"):
+            row = overhead.get(run, {})
+            print(f"{run:<5} through Kafka (one process, batch {row.get('batch_max_size')}): {row.get('events_per_s')} "
+                  f"events/s, {row.get('cpu_us_per_event')} CPU µs/event")
+        print(f"e2e / ceiling (short, {overhead.get('precision')}): {ratio}")
     print(f"total {report['seconds']} s")
     return 0 if not (args.overhead == "on" and "skipped" in overhead) else 1
 

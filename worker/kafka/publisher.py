@@ -78,6 +78,8 @@ class Delivery:
 
     def extend(self, other: "Delivery") -> None:
         """Append the share of a later batch of the same partition (one transaction for both)."""
+        base = len(self.records)
+        self.accepted.update(base + i for i in other.accepted)
         self.records.extend(other.records)
         self.offsets.extend(other.offsets)
         self.origins.extend(other.origins)

@@ -6,6 +6,7 @@ processors format their records too; one stream, one format.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -18,6 +19,29 @@ _SHARED: list[Any] = [
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
+
+
+class QuietAbandonedKafkaFutures(logging.Filter):
+    """Demote asyncio's "Future exception was never retrieved" about Kafka errors to debug.
+
+    aiokafka's sender leaves such a future behind when a producer that was fenced, or
+    whose broker went away, is closed: the worker has already handled the error (it
+    replaced the producer), so an ERROR line with a traceback would only alarm.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "asyncio" or not record.getMessage().startswith(
+            ("Future exception was never retrieved", "Task exception was never retrieved")
+        ):
+            return True
+        from aiokafka.errors import KafkaError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, KafkaError):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info = None
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 def logging_config(level: str = "info", fmt: str = "auto") -> dict[str, Any]:
@@ -56,13 +80,20 @@ def logging_config(level: str = "info", fmt: str = "auto") -> dict[str, Any]:
                 "foreign_pre_chain": _SHARED,
             }
         },
+        "filters": {"quiet_kafka_futures": {"()": QuietAbandonedKafkaFutures}},
         "handlers": {
-            "stdout": {"class": "logging.StreamHandler", "formatter": "structlog", "stream": "ext://sys.stdout"}
+            "stdout": {
+                "class": "logging.StreamHandler",
+                "formatter": "structlog",
+                "stream": "ext://sys.stdout",
+                "filters": ["quiet_kafka_futures"],
+            }
         },
         "root": {"handlers": ["stdout"], "level": level.upper()},
         "loggers": {
             # Chatty at info; their warnings still come through.
             "aiokafka": {"level": "WARNING"},
+            "aiohttp.access": {"level": "WARNING"},  # a line per probe of /health and /ready
             "faust": {"level": "WARNING" if level != "debug" else "INFO"},
             "mode": {"level": "WARNING" if level != "debug" else "INFO"},
         },

@@ -26,7 +26,9 @@ BATCH_TOKENS = Histogram(
     f"{PREFIX}_batch_tokens", "Padded tokens computed per batch (what the model paid for).", buckets=_TOKEN_BUCKETS
 )
 TOKENS = Counter(f"{PREFIX}_tokens", "Tokens run through the model; kind=real or padded.", ["kind"])
-PADDING_EFFICIENCY = Gauge(f"{PREFIX}_padding_efficiency_ratio", "Real over padded tokens of the last batch.")
+PADDING_EFFICIENCY = Gauge(
+    f"{PREFIX}_padding_efficiency_ratio", "Real over padded tokens of the last batch.", multiprocess_mode="livemostrecent"
+)
 TOKENIZE_SECONDS = Histogram(f"{PREFIX}_tokenize_seconds", "Tokenisation time per batch.", buckets=_STAGE_BUCKETS)
 INFERENCE_SECONDS = Histogram(f"{PREFIX}_inference_seconds", "Model time per batch.", buckets=_STAGE_BUCKETS)
 PUBLISH_SECONDS = Histogram(
@@ -37,28 +39,37 @@ END_TO_END_SECONDS = Histogram(
     "Output stored minus the input record's Kafka timestamp.",
     buckets=_LATENCY_BUCKETS,
 )
-IN_FLIGHT = Gauge(f"{PREFIX}_in_flight_events", "Events consumed but not yet acknowledged.")
+IN_FLIGHT = Gauge(f"{PREFIX}_in_flight_events", "Events consumed but not yet stored.", multiprocess_mode="livesum")
 CONSUMER_LAG = Gauge(
     f"{PREFIX}_consumer_lag_events",
-    "Records behind the partition's end (last stable offset minus the next offset to ack).",
+    "Records behind the partition's end (last stable offset minus the next offset not stored yet).",
     ["topic", "partition"],
+    multiprocess_mode="livemax",
 )
 CONSUMER_LAG_SECONDS = Gauge(
     f"{PREFIX}_consumer_lag_seconds",
     "Age of the oldest input record whose output is not stored yet (0 when none waits).",
     ["topic", "partition"],
+    multiprocess_mode="livemax",
 )
 REBALANCES = Counter(f"{PREFIX}_rebalances", "Partition assignments this replica received.")
 TRUNCATED = Counter(f"{PREFIX}_truncated_texts", "Texts longer than MAX_LENGTH tokens (scored on their beginning).")
-ASSIGNED_PARTITIONS = Gauge(f"{PREFIX}_assigned_partitions", "Input partitions this replica owns (0: idle).")
+ASSIGNED_PARTITIONS = Gauge(
+    f"{PREFIX}_assigned_partitions", "Input partitions this replica owns (0: idle).", multiprocess_mode="livesum"
+)
 TRANSACTIONS = Counter(
     f"{PREFIX}_transactions", "Kafka transactions in exactly-once mode; outcome=committed, aborted or fenced.", ["outcome"]
 )
 PUBLISH_ERRORS = Counter(f"{PREFIX}_publish_errors", "Failed publish attempts (retried with backoff).", ["topic"])
 FAILURES = Counter(f"{PREFIX}_pipeline_failures", "Fatal pipeline errors (the worker exits).")
-MODEL_LOAD_SECONDS = Gauge(f"{PREFIX}_model_load_seconds", "How long loading and warming up the model took at start.")
+MODEL_LOAD_SECONDS = Gauge(
+    f"{PREFIX}_model_load_seconds", "How long loading and warming up the model took at start.", multiprocess_mode="livemax"
+)
 MODEL_INFO = Gauge(
-    f"{PREFIX}_model_info", "The loaded model (value 1).", ["name", "revision", "device", "precision"]
+    f"{PREFIX}_model_info",
+    "The loaded model (value 1).",
+    ["name", "revision", "device", "precision"],
+    multiprocess_mode="livemax",
 )
 
 

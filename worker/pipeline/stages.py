@@ -198,10 +198,9 @@ class Pipeline:
         merged: dict[Any, Delivery] = {}
         for _, deliveries in results:
             for delivery in deliveries:
-                if delivery.source in merged:
-                    merged[delivery.source].extend(delivery)
-                else:
-                    merged[delivery.source] = delivery
+                if delivery.source not in merged:
+                    merged[delivery.source] = Delivery(delivery.source)
+                merged[delivery.source].extend(delivery)
         epoch = current[0].ticket.epoch
         t0 = time.perf_counter()
         self._delivering = asyncio.get_running_loop().create_task(self._deliverer.deliver(list(merged.values()), epoch))
@@ -225,8 +224,13 @@ class Pipeline:
 
 
 def _summary(item: _InFlight, scored: Scored, deliveries: Sequence[Delivery], publish_s: float) -> BatchDone:
+    timestamps = [
+        origin.timestamp
+        for d in deliveries
+        for record, origin in zip(d.records, d.origins)
+        if record.kind == "output" and origin.timestamp is not None
+    ]
     outputs = sum(1 for d in deliveries for r in d.records if r.kind == "output")
-    timestamps = [r.timestamp for r in item.cut.records if r.timestamp is not None]
     return BatchDone(
         events=len(item.cut.records),
         scored=outputs,

@@ -1,3 +1,0 @@
-from worker.bench.runs import main
-
-main()

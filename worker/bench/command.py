@@ -1,0 +1,166 @@
+"""``sentiment-worker bench``: its options, and the order the runs go in."""
+
+from __future__ import annotations
+
+import json
+import signal
+import tempfile
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from worker.bench import report
+from worker.bench.harness import REPO, kafka_broker
+from worker.bench.runs import RUNS, Bench, Config, ensure_model, say
+from worker.bench.workloads import WORKLOADS
+
+DEFAULT_CACHE = REPO / ".cache" / "bench"
+GUARANTEES = ("at_least_once", "exactly_once")
+
+
+def _csv(value: str, allowed: Optional[Sequence[str]], what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if allowed is not None and v not in allowed]
+    if bad or not items:
+        raise typer.BadParameter(f"unknown {what} {', '.join(bad)}; choose from {', '.join(allowed or ())}")
+    return items
+
+
+def bench(
+    runs: str = typer.Option(",".join(RUNS), "--runs", help=f"Comma-separated runs: {', '.join(RUNS)}."),
+    workloads: str = typer.Option(",".join(WORKLOADS), "--workloads", help="Comma-separated: short, mixed, long."),
+    precisions: Optional[str] = typer.Option(
+        None, "--precisions", help="Precisions of the ceiling and e2e runs, first is the reference "
+        "(default: fp32,int8 on CPU; fp16,bf16 on CUDA). The baselines always run fp32 (fp16 on CUDA)."),
+    events: Optional[int] = typer.Option(None, "--events", help="Events per ceiling/e2e run (default per workload: 1024/512/128)."),
+    baseline_events: Optional[int] = typer.Option(None, "--baseline-events", help="Events per baseline run (default 256/256/64)."),
+    noop_events: int = typer.Option(20000, "--noop-events", help="Events of the no-op and limit runs."),
+    batch_max_size: int = typer.Option(64, "--batch-max-size", help="BATCH_MAX_SIZE of the worker and ceiling."),
+    batch_max_wait_ms: int = typer.Option(50, "--batch-max-wait-ms", help="BATCH_MAX_WAIT_MS of the worker."),
+    max_batch_tokens: int = typer.Option(16384, "--max-batch-tokens", help="MAX_BATCH_TOKENS of the worker and ceiling."),
+    baseline_batch_size: int = typer.Option(32, "--baseline-batch-size", help="batch_size of the batched baseline's pipeline()."),
+    noop_batch_size: int = typer.Option(512, "--noop-batch-size", help="BATCH_MAX_SIZE of the no-op and limit runs."),
+    trickle_rate: float = typer.Option(10.0, "--trickle-rate", help="Events per second of the trickle run."),
+    trickle_seconds: float = typer.Option(30.0, "--trickle-seconds", help="Length of the trickle run."),
+    partitions: str = typer.Option("6", "--partitions", help="Partitions of the bench topics; a list (6,24,60) runs noop and limit once per count."),
+    guarantees: str = typer.Option("at_least_once", "--guarantees", help="PROCESSING_GUARANTEE of the no-op run; a list runs it once per guarantee."),
+    processes: str = typer.Option("1", "--processes", help="WORKER_PROCESSES of the no-op run; a list (1,2) runs it once per count."),
+    ceiling_passes: int = typer.Option(2, "--ceiling-passes", help="Passes of the ceiling run over its batches; the fastest counts."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model directory (default: a random DistilBERT, written once into the cache)."),
+    model_size: str = typer.Option("base", "--model-size", help="base (full DistilBERT compute) or tiny, for the default random model."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (the worker's DEVICE)."),
+    bootstrap: Optional[str] = typer.Option(None, "--bootstrap", help="Use this Kafka broker instead of starting one."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for bench.json and bench.png (default .cache/bench/results/<time>)."),
+    cache: Path = typer.Option(DEFAULT_CACHE, "--cache", help="Where the bench model and scratch files live."),
+    quick: bool = typer.Option(False, "--quick", help="Smoke test: tiny model, a few events, short workload, 8 s trickle."),
+    soak_minutes: Optional[float] = typer.Option(None, "--soak-minutes", help="Soak mode only: e2e at full load for this long, RSS sampled."),
+    keep_work: bool = typer.Option(False, "--keep-work", help="Keep the scratch directory (broker data, worker logs)."),
+) -> None:
+    """Benchmark the engine ceiling, the worker end to end, the baselines, a no-op worker and its limit."""
+    import logging
+
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)  # retries while new topics settle
+    run_list = _csv(runs, RUNS, "run")
+    workload_list = _csv(workloads, WORKLOADS, "workload")
+    guarantee_list = _csv(guarantees, GUARANTEES, "guarantee")
+    try:
+        partition_list = [int(p) for p in _csv(partitions, None, "partition count")]
+        process_list = [int(p) for p in _csv(processes, None, "process count")]
+    except ValueError:
+        raise typer.BadParameter("--partitions and --processes take numbers, e.g. 6,24,60") from None
+    if quick:
+        model_size = "tiny"
+        if workloads == ",".join(WORKLOADS):
+            workload_list = ["short"]
+        events = events or 64
+        baseline_events = baseline_events or 32
+        noop_events = min(noop_events, 500)
+        trickle_seconds = min(trickle_seconds, 8.0)
+    if precisions is None:
+        precisions = "fp16,bf16" if device.startswith("cuda") else ("fp32" if quick else "fp32,int8")
+    precision_list = _csv(precisions, ("fp32", "fp16", "bf16", "int8"), "precision")
+    cache = cache.resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    model_dir = model.resolve() if model else ensure_model(cache, model_size)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = (out or cache / "results" / stamp).resolve()
+    work = Path(tempfile.mkdtemp(prefix="bench-", dir=cache))
+    default_events = {"short": 1024, "mixed": 512, "long": 128}
+    default_baseline = {"short": 256, "mixed": 256, "long": 64}
+    cfg = Config(
+        model=model_dir, model_size=model_size if model is None else model_dir.name, device=device,
+        precisions=precision_list, workloads=workload_list, runs=run_list,
+        events={w: events or default_events[w] for w in WORKLOADS},
+        baseline_events={w: baseline_events or default_baseline[w] for w in WORKLOADS},
+        noop_events=noop_events, batch_max_size=batch_max_size, batch_max_wait_ms=batch_max_wait_ms,
+        max_batch_tokens=max_batch_tokens, baseline_batch_size=baseline_batch_size, noop_batch_size=noop_batch_size,
+        trickle_rate=trickle_rate, trickle_seconds=trickle_seconds, partitions=partition_list,
+        guarantees=guarantee_list, processes=process_list, work=work, out=out_dir, ceiling_passes=1 if quick else ceiling_passes,
+    )
+    say(f"bench: model {model_dir} ({cfg.model_size}), device {device}, precisions {precision_list}, "
+        f"workloads {workload_list}, runs {run_list}; results in {out_dir}")
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # so the finally blocks stop workers and the broker
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        _run(cfg, bootstrap, soak_minutes)
+    except KeyboardInterrupt:
+        say("interrupted; partial results are in " + str(out_dir / "bench.json"))
+        raise typer.Exit(130) from None
+    finally:
+        if not keep_work:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _plan(b: Bench, cfg: Config) -> list[tuple[str, Any]]:
+    """Short and mixed first (what the targets are about), then long; per workload the model runs first."""
+    plan: list[tuple[str, Any]] = []
+    runs = cfg.runs
+    base = cfg.precisions[0]
+    for w in cfg.workloads:
+        for p in cfg.precisions:
+            if "ceiling" in runs:
+                plan.append((f"ceiling {w} {p}", lambda w=w, p=p: b.ceiling(w, p)))
+            if "e2e" in runs:
+                plan.append((f"e2e {w} {p}", lambda w=w, p=p: b.e2e(w, p)))
+        for mode in ("naive", "batched"):
+            if mode in runs:
+                plan.append((f"{mode} {w}", lambda w=w, mode=mode: b.baseline(w, mode)))
+        if w == "short" and "trickle" in runs:
+            plan.append(("trickle short", lambda: b.trickle(base)))
+    for count in cfg.partitions:
+        for g in cfg.guarantees:
+            for n in cfg.processes:
+                if "noop" in runs:
+                    plan.append((f"noop short {g} {count} partitions {n} process(es)",
+                                 lambda count=count, g=g, n=n: b.e2e("short", base, noop=True, partitions=count,
+                                                                    guarantee=g, processes=n)))
+        if "limit" in runs:
+            plan.append((f"limit short {count} partitions", lambda count=count: b.limit(count)))
+    return plan
+
+
+def _run(cfg: Config, bootstrap: Optional[str], soak_minutes: Optional[float]) -> None:
+    with kafka_broker(bootstrap, cfg.work) as server:
+        b = Bench(cfg, server)
+        if soak_minutes:
+            b.soak(soak_minutes, cfg.precisions[0])
+        else:
+            plan = _plan(b, cfg)
+            for i, (name, step) in enumerate(plan, 1):
+                say(f"[{i}/{len(plan)}] {name}")
+                step()
+        result = b.report()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "bench.json").write_text(json.dumps(result, indent=2))
+    if not soak_minutes:
+        report.write_chart(result, cfg.out / "bench.png")
+    print(report.format_table(result))
+    print(f"\nwrote {cfg.out / 'bench.json'}" + ("" if soak_minutes else f" and {cfg.out / 'bench.png'}"))

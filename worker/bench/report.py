@@ -1,0 +1,233 @@
+"""The benchmark's report: ratios between runs measured side by side, the targets, a table, a chart.
+
+Targets are reported, never asserted: machines are noisy, and a ratio of two
+runs on the same machine in the same invocation is the figure that travels.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+from worker.bench.workloads import WORKLOADS
+
+TARGETS = {
+    "e2e_vs_ceiling": 0.95,
+    "e2e_vs_naive_short_fp32": 2.5,
+    "e2e_fastest_vs_naive_short": 6.0,
+    "e2e_vs_batched_mixed": 1.5,
+    "padding_efficiency_mixed": 0.85,
+    "noop_vs_limit": 0.8,
+    "noop_cpu_us_per_event_max": 80.0,
+    "soak_rss_growth_max": 0.05,
+}
+DRAIN_SECONDS = 30.0  # the scale-out target of the KEDA hint (deploy/OPERATIONS.md, "Autoscaling")
+
+Row = dict[str, Any]
+
+
+def find(results: Sequence[Row], run: str, workload: Optional[str] = None, precision: Optional[str] = None,
+         **match: Any) -> Optional[Row]:
+    for row in results:
+        if row["run"] != run or not row.get("events_per_s"):
+            continue
+        if workload is not None and row.get("workload") != workload:
+            continue
+        if precision is not None and row.get("precision") != precision:
+            continue
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return None
+
+
+def _ratio(a: Optional[Row], b: Optional[Row]) -> Optional[float]:
+    if a and b and a.get("events_per_s") and b.get("events_per_s"):
+        return round(a["events_per_s"] / b["events_per_s"], 3)
+    return None
+
+
+def fastest(results: Sequence[Row], workload: str) -> Optional[str]:
+    rows = [r for r in results if r["run"] == "e2e" and r["workload"] == workload and r.get("events_per_s")]
+    return max(rows, key=lambda r: r["events_per_s"])["precision"] if rows else None
+
+
+def ratios(results: Sequence[Row], precisions: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for w in WORKLOADS:
+        for p in precisions:
+            out[f"e2e_vs_ceiling_{w}_{p}"] = _ratio(find(results, "e2e", w, p), find(results, "ceiling", w, p))
+            out[f"e2e_vs_naive_{w}_{p}"] = _ratio(find(results, "e2e", w, p), find(results, "naive", w))
+            out[f"e2e_vs_batched_{w}_{p}"] = _ratio(find(results, "e2e", w, p), find(results, "batched", w))
+        out[f"batched_vs_naive_{w}"] = _ratio(find(results, "batched", w), find(results, "naive", w))
+    for limit in (r for r in results if r["run"] == "limit" and r.get("events_per_s")):
+        noop = find(results, "noop", partitions=limit.get("partitions"), guarantee="at_least_once", processes=1)
+        out[f"noop_vs_limit_p{limit.get('partitions')}"] = _ratio(noop, limit)
+    best = fastest(results, "short")
+    out["e2e_fastest_vs_naive_short"] = _ratio(find(results, "e2e", "short", best), find(results, "naive", "short")) if best else None
+    out["fastest_precision_short"] = best
+    out["base_precision"] = precisions[0] if precisions else None
+    return out
+
+
+def targets(results: Sequence[Row], precisions: Sequence[str]) -> list[dict[str, Any]]:
+    r = ratios(results, precisions)
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, value: Optional[float], goal: float, higher_is_better: bool = True) -> None:
+        met = None if value is None else (value >= goal if higher_is_better else value <= goal)
+        checks.append({"target": name, "value": value, "goal": (">= " if higher_is_better else "<= ") + str(goal), "met": met})
+
+    soak = next((row for row in results if row["run"] == "soak" and "rss_growth" in row), None)
+    if results and all(row["run"] == "soak" for row in results):
+        add("soak RSS growth after warm-up", soak["rss_growth"] if soak else None, TARGETS["soak_rss_growth_max"], False)
+        return checks
+    base = precisions[0] if precisions else "fp32"
+    for w in ("short", "mixed"):
+        for p in precisions:
+            add(f"e2e / ceiling, {w} ({p})", r.get(f"e2e_vs_ceiling_{w}_{p}"), TARGETS["e2e_vs_ceiling"])
+    add(f"e2e / naive, short ({base})", r.get(f"e2e_vs_naive_short_{base}"), TARGETS["e2e_vs_naive_short_fp32"])
+    add(f"e2e fastest ({r.get('fastest_precision_short')}) / naive, short", r.get("e2e_fastest_vs_naive_short"),
+        TARGETS["e2e_fastest_vs_naive_short"])
+    add(f"e2e / batched, mixed ({base})", r.get(f"e2e_vs_batched_mixed_{base}"), TARGETS["e2e_vs_batched_mixed"])
+    e2e_mixed = find(results, "e2e", "mixed", base)
+    add("padding efficiency, mixed (e2e)", e2e_mixed.get("padding_efficiency") if e2e_mixed else None,
+        TARGETS["padding_efficiency_mixed"])
+    for key, value in r.items():
+        if key.startswith("noop_vs_limit_"):
+            add(f"no-op worker / plain aiokafka loop ({key.rsplit('_', 1)[1]} partitions)", value, TARGETS["noop_vs_limit"])
+    noop = find(results, "noop", guarantee="at_least_once", processes=1)
+    add("no-op worker CPU µs per event (short)", noop.get("cpu_us_per_event") if noop else None,
+        TARGETS["noop_cpu_us_per_event_max"], False)
+    trickle = next((row for row in results if row["run"] == "trickle" and row.get("p99_ms")), None)
+    if trickle and trickle.get("latency_bound_ms"):
+        add("trickle p99 latency ms (bound = wait + mean batch inference + 50 ms)", trickle["p99_ms"],
+            trickle["latency_bound_ms"], False)
+    if soak:
+        add("soak RSS growth after warm-up", soak["rss_growth"], TARGETS["soak_rss_growth_max"], False)
+    return checks
+
+
+def scaling_hint(results: Sequence[Row], precisions: Sequence[str]) -> Optional[str]:
+    """The KEDA lagThreshold that drains a replica's backlog in DRAIN_SECONDS at the measured rate."""
+    base = precisions[0] if precisions else None
+    row = find(results, "e2e", "short", base) or find(results, "e2e")
+    if row is None:
+        return None
+    rate = row["events_per_s"]
+    threshold = max(1, int(rate * DRAIN_SECONDS))
+    return (f"autoscaling: {rate:,.1f} events/s per replica ({row['workload']}, {row.get('precision')}) -> KEDA "
+            f"lagThreshold {threshold} drains a replica's backlog in {DRAIN_SECONDS:.0f} s (rate x seconds)")
+
+
+def build(config: dict[str, Any], results: Sequence[Row], precisions: Sequence[str]) -> dict[str, Any]:
+    import torch
+
+    return {
+        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "config": config,
+        "results": list(results),
+        "ratios": ratios(results, precisions),
+        "targets": targets(results, precisions),
+        "scaling_hint": scaling_hint(results, precisions),
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    head = (f"{'run':<8} {'workload':<8} {'prec':<5} {'guar':<4} {'parts':>5} {'procs':>5} {'events':>6} {'ev/s':>10} "
+            f"{'p50 ms':>9} {'p99 ms':>9} {'pad eff':>7} {'RSS MiB':>8} {'CPU µs/ev':>9}")
+    lines = [head, "-" * len(head)]
+
+    def fmt(value: Any, spec: str) -> str:
+        return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+    short_guarantee = {"at_least_once": "alo", "exactly_once": "eos"}
+    for row in report["results"]:
+        if row["run"] == "soak":
+            continue
+        lines.append(
+            f"{row['run']:<8} {row['workload']:<8} {row.get('precision') or '-':<5} "
+            f"{short_guarantee.get(row.get('guarantee') or '', '-'):<4} {fmt(row.get('partitions'), 'd'):>5} "
+            f"{fmt(row.get('processes'), 'd'):>5} "
+            f"{row.get('events', 0):>6} {fmt(row.get('events_per_s'), ',.1f'):>10} {fmt(row.get('p50_ms'), ',.0f'):>9} "
+            f"{fmt(row.get('p99_ms'), ',.0f'):>9} {fmt(row.get('padding_efficiency'), '.3f'):>7} "
+            f"{fmt(row.get('peak_rss_mib'), ',.0f'):>8} {fmt(row.get('cpu_us_per_event'), ',.1f'):>9}"
+            + ("  ERROR" if row.get("error") else "")
+        )
+    for row in report["results"]:
+        if row["run"] == "soak":
+            lines.append(
+                f"soak {row.get('minutes')} min: {row.get('events', 0)} events, {fmt(row.get('events_per_s'), '.1f')} ev/s, "
+                f"RSS after warm-up {row.get('rss_after_warmup_mib')} MiB -> max {row.get('rss_max_mib')} MiB "
+                f"(growth {fmt(row.get('rss_growth'), '.2%')})"
+            )
+    lines.append("")
+    lines.append("ratios: " + ", ".join(f"{k}={v}" for k, v in report["ratios"].items() if v is not None))
+    if report.get("scaling_hint"):
+        lines.append(report["scaling_hint"])
+    lines.append("")
+    lines.append(f"{'target':<72} {'goal':>10} {'value':>10}  met")
+    for check in report["targets"]:
+        value = check["value"]
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        met = {True: "yes", False: "NO", None: "n/a"}[check["met"]]
+        lines.append(f"{check['target']:<72} {check['goal']:>10} {shown:>10}  {met}")
+    return "\n".join(lines)
+
+
+def write_chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in report["results"] if row.get("events_per_s") and row["run"] not in ("soak", "trickle")]
+    workloads = [w for w in WORKLOADS if any(row["workload"] == w for row in rows)]
+
+    def key(row: Row) -> str:
+        label = row["run"] + (f" {row['precision']}" if row["run"] in ("ceiling", "e2e") else "")
+        if row["run"] in ("noop", "limit"):
+            label += f" {row.get('partitions')}p" + (" eos" if row.get("guarantee") == "exactly_once" else "")
+            label += f" x{row['processes']}" if (row.get("processes") or 1) > 1 else ""
+        return label
+
+    series: list[str] = []
+    for row in rows:
+        if key(row) not in series:
+            series.append(key(row))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [3, 1]})
+    width = 0.8 / max(1, len(series))
+    for k, name in enumerate(series):
+        values = []
+        for w in workloads:
+            match = [row for row in rows if row["workload"] == w and key(row) == name]
+            values.append(match[0]["events_per_s"] if match else 0)
+        bars = ax.bar([i + k * width for i in range(len(workloads))], values, width, label=name)
+        ax.bar_label(bars, labels=[f"{v:,.0f}" if v else "" for v in values], fontsize=7, rotation=90, padding=2)
+    ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(workloads))], workloads)
+    ax.set_yscale("log")
+    ax.set_ylabel("events / s (log)")
+    cpus = report["machine"]["cpus"]
+    ax.set_title(f"sentiment-worker bench: {report['config']['model_size']} DistilBERT, {report['config']['device']}, {cpus} CPUs")
+    ax.legend(fontsize=8, ncol=2)
+    base = report["config"]["precisions"][0]
+    pad = [(f"{row['run']} {row['workload']}", row["padding_efficiency"]) for row in report["results"]
+           if row.get("padding_efficiency") and row["run"] in ("e2e", "batched") and row.get("precision") in (None, "fp32", base)]
+    if pad:
+        ax2.barh([p[0] for p in pad], [p[1] for p in pad], color="tab:gray")
+        ax2.axvline(TARGETS["padding_efficiency_mixed"], color="tab:red", linestyle="--", linewidth=1)
+        ax2.set_xlim(0, 1)
+        ax2.set_title("padding efficiency (real / padded tokens)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
