@@ -43,12 +43,22 @@ CONSUMER_LAG = Gauge(
     "Records behind the partition's end (last stable offset minus the next offset to ack).",
     ["topic", "partition"],
 )
+CONSUMER_LAG_SECONDS = Gauge(
+    f"{PREFIX}_consumer_lag_seconds",
+    "Age of the oldest unconsumed record of the partition (now minus its Kafka timestamp; 0 when caught up).",
+    ["topic", "partition"],
+)
 ASSIGNED_PARTITIONS = Gauge(f"{PREFIX}_assigned_partitions", "Input partitions this replica owns (0: idle).")
 TRANSACTIONS = Counter(
     f"{PREFIX}_transactions", "Kafka transactions in exactly-once mode; outcome=committed, aborted or fenced.", ["outcome"]
 )
 PUBLISH_ERRORS = Counter(f"{PREFIX}_publish_errors", "Failed publish attempts (retried with backoff).", ["topic"])
 FAILURES = Counter(f"{PREFIX}_pipeline_failures", "Fatal pipeline errors (the worker exits).")
+GPU_MEMORY_BYTES = Gauge(
+    f"{PREFIX}_gpu_memory_bytes",
+    "GPU memory held by this process's torch allocator; kind=allocated or reserved.",
+    ["device", "kind"],
+)
 MODEL_INFO = Gauge(
     f"{PREFIX}_model_info", "The loaded model (value 1).", ["name", "revision", "device", "precision"]
 )
