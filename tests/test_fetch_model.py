@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -155,3 +156,34 @@ def test_wait_for_a_mounted_directory_and_timeout(tmp_path: Path) -> None:
     assert out.returncode == 0 and events(out.stderr)[-1]["event"] == "model.present"
     # download with a local path never reaches for the hub: it is the same wait
     assert run(tmp_path, "download", MODEL=str(model_dir)).returncode == 0
+
+
+def test_the_worker_loads_the_delivered_model_offline_from_a_read_only_cache(tmp_path: Path) -> None:
+    """What every packaging does: fetch-model fills and marks the cache, the worker loads from it, offline, read-only."""
+    sentiment_worker = Path(sys.executable).with_name("sentiment-worker")
+    made = tmp_path / "made"
+    subprocess.run([str(sentiment_worker), "model", "init-random", str(made)], check=True, capture_output=True, timeout=300)
+    hf_home = tmp_path / "hf"
+    snapshot = fake_hub_cache(hf_home)
+    for f in snapshot.iterdir():
+        f.unlink()
+    for f in made.iterdir():
+        if f.suffix in (".json", ".safetensors", ".txt", ".model"):
+            shutil.copy2(f, snapshot / f.name)
+    assert run(hf_home, "download", HF_HUB_OFFLINE="1").returncode == 0
+    assert run(hf_home, "wait", "--timeout", "5").returncode == 0
+    # the worker's view: a read-only volume (it writes nothing there: checked on the files
+    # themselves, since root, as in CI, would write through any permission bits), no hub
+    # (an endpoint nobody listens on)
+    def state() -> dict[str, tuple[int, int]]:
+        return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in hf_home.rglob("*")}
+
+    before = state()
+    out = subprocess.run(
+        [str(sentiment_worker), "model", "check", "--model", MODEL, "--model-revision", COMMIT, "--device", "cpu"],
+        env=env(hf_home, HF_HUB_OFFLINE="1", HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}", HOME=str(tmp_path)),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"model {MODEL} revision {COMMIT}" in out.stdout
+    assert state() == before, "the worker wrote into the model cache: a read-only mount would break it"
