@@ -238,13 +238,27 @@ def test_upstream_schemas_reject_what_keda_and_the_operator_reject() -> None:
 
 
 def test_chart_refuses_what_can_not_work() -> None:
+    """values.schema.json catches misspelt keys and impossible values; the templates' own checks back it up."""
     for args, message in [
         (["--set", "autoscaling.maxReplicas=13"], "exceeds kafka.partitions"),
+        (["--set", "autoscalling.enabled=false"], "additional properties 'autoscalling' not allowed"),
+        (["--set", "accelerator=tpu"], "/accelerator"),
+        (["--set", "model.source=s3"], "/model/source"),
+        (["--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.saslMechanism=GSSAPI"], "/kafka/saslMechanism"),
+        (["--set", "guarantee=exactly-once"], "/guarantee"),
+        (["--set", "settings.log_level=debug"], "'log_level' does not match pattern"),
+        (["--set", "image.digest=latest"], "/image/digest"),
+        (["--set", "metrics.serviceMonitor.enabled=maybe"], "/metrics/serviceMonitor/enabled"),
+    ]:
+        out = template(*args, check=False)
+        assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
+    # without the schema (helm --skip-schema-validation), the templates still refuse
+    for args, message in [
         (["--set", "accelerator=tpu"], "accelerator must be cpu or gpu"),
         (["--set", "model.source=s3"], "model.source must be"),
         (["--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.saslMechanism=GSSAPI"], "kafka.saslMechanism"),
     ]:
-        out = template(*args, check=False)
+        out = template("--skip-schema-validation", *args, check=False)
         assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
 
 
