@@ -252,6 +252,10 @@ def test_chart_refuses_what_can_not_work() -> None:
     ]:
         out = template(*args, check=False)
         assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
+    # image volumes exist from Kubernetes 1.33
+    out = template("--set", "model.source=image", kube="1.32.0", check=False)
+    assert out.returncode != 0 and "needs Kubernetes 1.33" in out.stderr
+    assert template("--set", "model.source=image", kube="1.33.0").returncode == 0
     # without the schema (helm --skip-schema-validation), the templates still refuse
     for args, message in [
         (["--set", "accelerator=tpu"], "accelerator must be cpu or gpu"),
