@@ -174,7 +174,7 @@ async def test_prometheus_scrapes_worker_and_series_move(worker_factory, bootstr
         allowed_empty += ("gpu_memory_bytes",)  # a CPU worker
         # lag in seconds: required as soon as the worker sets the gauge (not only defines it)
         sets_lag_seconds = any(
-            "CONSUMER_LAG_SECONDS" in f.read_text() for f in (REPO / "worker").glob("*.py") if f.name != "metrics.py"
+            "CONSUMER_LAG_SECONDS" in f.read_text() for f in (REPO / "worker").rglob("*.py") if f.name != "metrics.py"
         )
         if not sets_lag_seconds:
             allowed_empty += ("consumer_lag_seconds",)
