@@ -1,269 +1,29 @@
-"""The Helm chart (deploy/helm/sentiment-worker): lint, render a matrix of values, validate every object offline.
+"""The Kubernetes objects the Helm chart renders, against the worker's contract.
 
-helm comes from the Go module proxy (tests/upstream_schemas.py; .ci/run installs it the
-same way). `helm lint --strict` on the defaults and every example; then `helm template`
-for a matrix of values (CPU and GPU, every model source, PLAINTEXT / SASL_SSL / mutual
-TLS, with and without autoscaling, monitoring and the Prometheus trigger) on the oldest
-and newest Kubernetes we claim. Every object is validated:
-
-- built-in kinds with Kubernetes' own OpenAPI-derived schemas (`kubernetes-validate`,
-  strict: unknown fields fail);
-- KEDA's and the Prometheus Operator's kinds with their upstream CRDs' schemas (from
-  their Go modules, strict about unknown fields), and every KEDA trigger's parameters
-  with the scaler's own parameter definitions (names, required ones, enums, types);
-- no duplicate keys in any mapping.
-
-Then what schemas can't see: probes on the worker's real endpoints, grace period vs. the
-worker's drain, replicas ≤ partitions, settings the worker accepts with values it
-parses, the same start command as the image, the model delivered before the worker
-starts for every source, lagThreshold from the measured rate, the alert rules rendered
-from their one source, selectors that select.
+Rendered with `helm template` over the values matrix of tests/helm_render.py (their
+validity as Kubernetes, KEDA and Prometheus Operator objects is tests/test_helm_chart.py).
+Checked here: probes on the worker's real endpoints, grace period vs. the worker's
+drain, replicas ≤ partitions, settings the worker accepts with values it parses, the
+same start command as the image, the model in place before the worker starts for every
+source, lagThreshold from the measured rate and below the latency alert, credentials
+only by reference and the same for the worker and KEDA, the alert rules rendered from
+their one source, selectors that select, the NetworkPolicy's ports.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
-from typing import Any
 
-import kubernetes_validate
 import pytest
 import yaml
 
-from tests.upstream_schemas import check_trigger_metadata, crd_kinds, crd_validator, helm
+from tests.helm_render import (  # noqa: F401  (rendered is a fixture)
+    ALERTS, CHART, DASHBOARD, MATRIX, MONITORING, NON_SETTINGS_ENV, REPO, VALUES, config, container, env_of, find,
+    one, pod_spec, render, rendered,
+)
 from worker.settings import Settings
-
-REPO = Path(__file__).resolve().parents[1]
-CHART = REPO / "deploy" / "helm" / "sentiment-worker"
-EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
-ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
-DASHBOARD = REPO / "deploy" / "grafana" / "sentiment-worker.json"
-VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
-# The oldest Kubernetes the chart targets (PDB unhealthyPodEvictionPolicy is GA in 1.31)
-# and the newest the installed kubernetes-validate knows.
-K8S_OLDEST = "1.31.0"
-K8S_NEWEST = kubernetes_validate.latest_version()
-MONITORING = ["--api-versions", "monitoring.coreos.com/v1"]
-# Env vars the pods may set that are not worker settings.
-NON_SETTINGS_ENV = {"HF_HUB_OFFLINE", "HF_HOME", "HOME", "HF_ENDPOINT", "HF_TOKEN"}
-
-# name → (helm arguments, Kubernetes version). Together they switch every template branch on.
-MATRIX: dict[str, tuple[list[str], str]] = {
-    "defaults": ([], K8S_OLDEST),
-    "defaults-newest": ([], K8S_NEWEST),
-    "gpu-pvc-sasl-static-monitoring": ([
-        "--set", "accelerator=gpu", "--set", "model.source=pvc", "--set", "kafka.securityProtocol=SASL_SSL",
-        "--set", "kafka.tls.ca=true", "--set", "staticMembership=true", "--set", "autoscaling.maxReplicas=4",
-        "--set", "autoscaling.prometheus.enabled=true", "--set", "grafanaDashboard.enabled=true",
-        "--set", "metrics.serviceMonitor.labels.release=kube-prometheus-stack", "--set", "model.tokenSecret=hf",
-        *MONITORING], K8S_NEWEST),
-    "cpu-mtls-baked-exactly-once": ([
-        "--set", "kafka.securityProtocol=SSL", "--set", "kafka.tls.ca=true", "--set", "kafka.tls.clientCert=true",
-        "--set", "model.source=baked", "--set", "guarantee=exactly_once", "--set", "precision=int8",
-        "--set", "batch.maxSize=32", "--set", "settings.LOG_LEVEL=debug", "--set", "model.hubEndpoint=https://hub.example.invalid",
-        *MONITORING], K8S_OLDEST),
-    "gpu-image-volume-mig": ([
-        "--set", "accelerator=gpu", "--set", "model.source=image", "--set", "gpu.resourceName=nvidia.com/mig-1g.18gb",
-        "--set", "gpu.runtimeClassName=nvidia", "--set", "gpu.nodeSelector.nvidia\\.com/gpu\\.present=true",
-        "--set", "autoscaling.maxReplicas=4", "--set", "image.digest=sha256:" + "a" * 64], K8S_NEWEST),
-    "no-autoscaling-no-networkpolicy-existing-claim": ([
-        "--set", "autoscaling.enabled=false", "--set", "networkPolicy.enabled=false", "--set", "model.source=pvc",
-        "--set", "model.pvc.existingClaim=models", "--set", "kafka.securityProtocol=SASL_PLAINTEXT",
-        "--set", "kafka.saslMechanism=PLAIN", "--set", "podDisruptionBudget.enabled=false",
-        "--set", "serviceAccount.create=false", "--set", "metrics.serviceMonitor.enabled=false",
-        "--set", "prometheusRule.enabled=false", *MONITORING], K8S_OLDEST),
-    "renamed-release-job-and-runbooks": ([
-        "--set", "metrics.job=reviews-sentiment", "--set", "prometheusRule.runbookBaseUrl=https://docs.example.invalid/ops.md",
-        "--set", "networkPolicy.kafkaTo[0].ipBlock.cidr=10.20.0.0/16", "--set", "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
-        *MONITORING], K8S_NEWEST),
-    **{f"example-{p.stem}": (["-f", str(p), *MONITORING], K8S_NEWEST) for p in EXAMPLES},
-}
-
-
-class StrictLoader(yaml.SafeLoader):
-    """A YAML loader that refuses duplicate keys (PyYAML keeps the last one silently)."""
-
-
-def _no_duplicates(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
-    dupes = {k for k in keys if keys.count(k) > 1}
-    if dupes:
-        raise yaml.constructor.ConstructorError(None, None, f"duplicate keys {sorted(dupes)}", node.start_mark)
-    return loader.construct_mapping(node, deep)
-
-
-StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
-
-
-def template(*args: str, kube: str = K8S_OLDEST, release: str = "sw", check: bool = True) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(
-        [helm(), "template", release, str(CHART), "--namespace", "sentiment", "--kube-version", kube, *args],
-        capture_output=True, text=True, timeout=120,
-    )
-    if check:
-        assert out.returncode == 0, f"helm template {' '.join(args)} failed:\n{out.stderr}"
-    return out
-
-
-def render(*args: str, kube: str = K8S_OLDEST, release: str = "sw") -> list[dict[str, Any]]:
-    return [doc for doc in yaml.load_all(template(*args, kube=kube, release=release).stdout, Loader=StrictLoader) if doc]
-
-
-@pytest.fixture(scope="module", params=sorted(MATRIX), ids=str)
-def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
-    args, kube = MATRIX[request.param]
-    return request.param, render(*args, kube=kube)
-
-
-def find(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [o for o in objs if o["kind"] == kind]
-
-
-def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = find(objs, kind)
-    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
-    return found[0]
-
-
-def pod_spec(objs: list[dict[str, Any]]) -> dict[str, Any]:
-    return one(objs, "Deployment")["spec"]["template"]["spec"]
-
-
-def container(objs: list[dict[str, Any]], name: str = "worker", init: bool = False) -> dict[str, Any]:
-    containers = pod_spec(objs)["initContainers" if init else "containers"]
-    return next(c for c in containers if c["name"] == name)
-
-
-def config(objs: list[dict[str, Any]]) -> dict[str, str]:
-    """The worker's settings (the ConfigMap that is not the Grafana dashboard)."""
-    (cm,) = [c for c in find(objs, "ConfigMap") if not c["metadata"]["name"].endswith("-dashboard")]
-    return cm["data"]
-
-
-def env_of(c: dict[str, Any]) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
-
-
-# ------------------------------------------------------------------ lint and schemas
-
-
-def test_helm_lint_strict() -> None:
-    for values in [None, *EXAMPLES]:
-        args = ["-f", str(values)] if values else []
-        out = subprocess.run([helm(), "lint", "--strict", str(CHART), "--kube-version", K8S_OLDEST, *args],
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert "0 chart(s) failed" in out.stdout
-
-
-def test_every_object_validates(rendered) -> None:
-    name, objs = rendered
-    kube = MATRIX[name][1]
-    kinds = {o["kind"] for o in objs}
-    assert {"ConfigMap", "Deployment", "Service"} <= kinds
-    for obj in objs:
-        where = f"{name}: {obj['kind']}/{obj['metadata']['name']}"
-        if (obj["apiVersion"], obj["kind"]) in crd_kinds():
-            errors = sorted(crd_validator(obj["apiVersion"], obj["kind"]).iter_errors(obj), key=str)
-            assert not errors, f"{where}: " + "; ".join(f"{list(e.path)}: {e.message}" for e in errors)
-            continue
-        assert not obj["apiVersion"].endswith((".sh/v1alpha1", ".com/v1")), f"{where}: a CRD kind without its schema"
-        try:
-            kubernetes_validate.validate(obj, kube, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{where} invalid for Kubernetes {kube}: {exc.message} at {list(exc.path)}")
-
-
-def test_keda_triggers_have_parameters_keda_accepts(rendered) -> None:
-    name, objs = rendered
-    auths = {a["metadata"]["name"]: {r["parameter"] for r in a["spec"]["secretTargetRef"]}
-             for a in find(objs, "TriggerAuthentication")}
-    for scaled in find(objs, "ScaledObject"):
-        for trigger in scaled["spec"]["triggers"]:
-            ref = trigger.get("authenticationRef", {}).get("name")
-            auth_params = auths.get(ref, set())
-            if ref and ref.endswith("-kafka"):
-                assert ref in auths, f"{name}: authenticationRef {ref} is not rendered"
-            errors = check_trigger_metadata(trigger["type"], trigger["metadata"], auth_params)
-            assert not errors, f"{name}: {errors}"
-
-
-def test_upstream_schemas_reject_what_keda_and_the_operator_reject() -> None:
-    """The upstream schemas and scaler definitions are not rubber stamps: typical mistakes fail."""
-    objs = render("--set", "kafka.securityProtocol=SASL_SSL", *MONITORING)
-    good = one(objs, "ScaledObject")
-    scaled = crd_validator("keda.sh/v1alpha1", "ScaledObject")
-    assert scaled.is_valid(good)
-    auth = {r["parameter"] for r in one(objs, "TriggerAuthentication")["spec"]["secretTargetRef"]}
-    meta = good["spec"]["triggers"][0]["metadata"]
-    assert check_trigger_metadata("kafka", meta, auth) == []
-
-    def broken(change) -> dict[str, Any]:
-        obj = json.loads(json.dumps(good))
-        change(obj)
-        return obj
-
-    trig = lambda o: o["spec"]["triggers"][0]  # noqa: E731
-    for case, obj in {
-        "numeric lagThreshold": broken(lambda o: trig(o)["metadata"].update(lagThreshold=2000)),
-        "unknown spec field": broken(lambda o: o["spec"].update(maxReplicas=3)),
-        "no scale target": broken(lambda o: o["spec"].pop("scaleTargetRef")),
-        "trigger without type": broken(lambda o: trig(o).pop("type")),
-    }.items():
-        assert not scaled.is_valid(obj), f"CRD schema accepted: {case}"
-    for case, (metadata, params) in {
-        "unknown trigger key": ({**meta, "lagTreshold": "5"}, auth),
-        "missing consumerGroup": ({k: v for k, v in meta.items() if k != "consumerGroup"}, auth),
-        "bad offsetResetPolicy": ({**meta, "offsetResetPolicy": "smallest"}, auth),
-        "bad sasl": ({**meta, "sasl": "scram-sha-512"}, auth),
-        "non-integer lagThreshold": ({**meta, "lagThreshold": "2e3"}, auth),
-        "a secret parameter in metadata": ({**meta, "password": "x"}, auth),
-        "unknown auth parameter": (meta, auth | {"passwd"}),
-    }.items():
-        assert check_trigger_metadata("kafka", metadata, params), f"scaler check accepted: {case}"
-    monitor = one(objs, "ServiceMonitor")
-    validator = crd_validator("monitoring.coreos.com/v1", "ServiceMonitor")
-    assert validator.is_valid(monitor)
-    bad = json.loads(json.dumps(monitor))
-    bad["spec"]["endpoints"][0]["intervall"] = "15s"
-    assert not validator.is_valid(bad)
-    rule = one(objs, "PrometheusRule")
-    validator = crd_validator("monitoring.coreos.com/v1", "PrometheusRule")
-    assert validator.is_valid(rule)
-    bad = json.loads(json.dumps(rule))
-    bad["spec"]["groups"][0]["rules"][0]["for"] = 120  # a duration string, not a number
-    assert not validator.is_valid(bad)
-
-
-def test_chart_refuses_what_can_not_work() -> None:
-    """values.schema.json catches misspelt keys and impossible values; the templates' own checks back it up."""
-    for args, message in [
-        (["--set", "autoscaling.maxReplicas=13"], "exceeds kafka.partitions"),
-        (["--set", "autoscalling.enabled=false"], "additional properties 'autoscalling' not allowed"),
-        (["--set", "accelerator=tpu"], "/accelerator"),
-        (["--set", "model.source=s3"], "/model/source"),
-        (["--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.saslMechanism=GSSAPI"], "/kafka/saslMechanism"),
-        (["--set", "guarantee=exactly-once"], "/guarantee"),
-        (["--set", "settings.log_level=debug"], "'log_level' does not match pattern"),
-        (["--set", "image.digest=latest"], "/image/digest"),
-        (["--set", "metrics.serviceMonitor.enabled=maybe"], "/metrics/serviceMonitor/enabled"),
-    ]:
-        out = template(*args, check=False)
-        assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
-    # image volumes exist from Kubernetes 1.33
-    out = template("--set", "model.source=image", kube="1.32.0", check=False)
-    assert out.returncode != 0 and "needs Kubernetes 1.33" in out.stderr
-    assert template("--set", "model.source=image", kube="1.33.0").returncode == 0
-    # without the schema (helm --skip-schema-validation), the templates still refuse
-    for args, message in [
-        (["--set", "accelerator=tpu"], "accelerator must be cpu or gpu"),
-        (["--set", "model.source=s3"], "model.source must be"),
-        (["--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.saslMechanism=GSSAPI"], "kafka.saslMechanism"),
-    ]:
-        out = template("--skip-schema-validation", *args, check=False)
-        assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
 
 
 # ------------------------------------------------------------------ the worker's contract
@@ -615,25 +375,6 @@ def test_network_policy_allows_what_the_worker_needs() -> None:
     objs = render("--set", "networkPolicy.kafkaTo[0].ipBlock.cidr=10.20.0.0/16")
     kafka_rule = next(r for r in one(objs, "NetworkPolicy")["spec"]["egress"] if 9092 in {p["port"] for p in r["ports"]})
     assert kafka_rule["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
-
-
-# ------------------------------------------------------------------ docs
-
-
-def test_readme_values_table_names_real_values() -> None:
-    readme = (REPO / "deploy" / "README.md").read_text()
-    section = readme.split("### Values", 1)[1].split("\n## ", 1)[0]
-    first_cells = re.findall(r"^\| (`[^|]+) \|", section, re.M)
-    documented = [name for cell in first_cells for name in re.findall(r"`([a-zA-Z.]+)`", cell)]
-    assert len(documented) >= 30
-    for path in documented:
-        node: Any = VALUES
-        for part in path.split("."):
-            assert isinstance(node, dict) and part in node, f"README documents {path}, not in values.yaml"
-            node = node[part]
-    for key in VALUES:
-        if key not in ("nameOverride", "fullnameOverride"):
-            assert any(d == key or d.startswith(key + ".") for d in documented), f"values.yaml {key} is not in the README"
 
 
 # ------------------------------------------------------------------ Dockerfile facts
