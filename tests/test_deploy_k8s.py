@@ -1,208 +1,42 @@
-"""Kubernetes manifests (deploy/k8s): render every overlay with kustomize, validate every object offline.
+"""The Kubernetes objects the Helm chart renders, against the worker's contract.
 
-Built-in kinds are checked against Kubernetes' own OpenAPI-derived JSON schemas (the
-`kubernetes-validate` package, strict: unknown fields fail) for the oldest and newest
-Kubernetes versions we claim. KEDA's objects are CRDs that package doesn't know: they are
-checked against deploy/k8s/schemas/keda-v1alpha1.schema.json (written for the fields we
-use, after KEDA's CRDs and its kafka scaler), and their HPA behavior block against
-Kubernetes' HorizontalPodAutoscaler schema. Then the things schemas can't see: probes
-on the worker's real endpoints, grace period vs. the worker's drain, replicas ≤
-partitions, settings names and values the worker accepts, the same start command as the
-image.
+Rendered with `helm template` over the values matrix of tests/helm_render.py (their
+validity as Kubernetes, KEDA and Prometheus Operator objects is tests/test_helm_chart.py).
+Checked here: probes on the worker's real endpoints, grace period vs. the worker's
+drain, replicas ≤ partitions, settings the worker accepts with values it parses, the
+same start command as the image, the model in place before the worker starts for every
+source, lagThreshold from the measured rate and below the latency alert, credentials
+only by reference and the same for the worker and KEDA, the alert rules rendered from
+their one source, selectors that select, the NetworkPolicy's ports.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
-from typing import Any
 
-import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
 
+from tests.helm_render import (  # noqa: F401  (rendered is a fixture)
+    ALERTS, CHART, DASHBOARD, MATRIX, MONITORING, NON_SETTINGS_ENV, REPO, VALUES, config, container, env_of, find,
+    one, pod_spec, render, rendered,
+)
 from worker.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
-K8S = REPO / "deploy" / "k8s"
-KEDA_SCHEMA = json.loads((K8S / "schemas" / "keda-v1alpha1.schema.json").read_text())
-# The oldest Kubernetes these manifests target (PDB unhealthyPodEvictionPolicy is GA in
-# 1.31) and the newest the installed kubernetes-validate knows.
-K8S_VERSIONS = ["1.31.0", kubernetes_validate.latest_version()]
-TARGETS = sorted(
-    [p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml")]
-    + [p.parent for p in (K8S / "examples").glob("*/kustomization.yaml")]
-)
-# Env vars the pods may set that are not worker settings.
-NON_SETTINGS_ENV = {"HF_HUB_OFFLINE", "HF_HOME", "HOME"}
 
-
-def kustomize_cmd() -> list[str]:
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    pytest.fail("neither kubectl nor kustomize is installed: the manifests can't be rendered")
-
-
-def render(directory: Path) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        [*kustomize_cmd(), str(directory)], capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, f"kustomize failed for {directory}:\n{out.stderr}"
-    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
-
-
-@pytest.fixture(scope="module", params=TARGETS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def rendered(request: pytest.FixtureRequest) -> tuple[Path, list[dict[str, Any]]]:
-    return request.param, render(request.param)
-
-
-def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = [o for o in objs if o["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
-    return found[0]
-
-
-def worker_container(objs: list[dict[str, Any]]) -> dict[str, Any]:
-    containers = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
-    return next(c for c in containers if c["name"] == "worker")
-
-
-def config(objs: list[dict[str, Any]]) -> dict[str, str]:
-    return one(objs, "ConfigMap")["data"]
-
-
-def test_overlays_exist() -> None:
-    names = {f"{p.parent.name}/{p.name}" for p in TARGETS}
-    assert {"overlays/cpu", "overlays/gpu"} <= names
-
-
-def test_every_object_validates(rendered) -> None:
-    directory, objs = rendered
-    kinds = {o["kind"] for o in objs}
-    assert {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "ScaledObject"} <= kinds
-    for obj in objs:
-        where = f"{directory.name}: {obj['kind']}/{obj['metadata']['name']}"
-        if obj["apiVersion"].startswith("keda.sh/"):
-            errors = sorted(jsonschema.Draft202012Validator(KEDA_SCHEMA).iter_errors(obj), key=str)
-            assert not errors, f"{where}: " + "; ".join(e.message for e in errors)
-            continue
-        for version in K8S_VERSIONS:
-            try:
-                kubernetes_validate.validate(obj, version, strict=True)
-            except kubernetes_validate.ValidationError as exc:
-                pytest.fail(f"{where} invalid for Kubernetes {version}: {exc.message} at {list(exc.path)}")
-
-
-def test_keda_hpa_behavior_is_valid_kubernetes(rendered) -> None:
-    """KEDA passes `advanced.horizontalPodAutoscalerConfig.behavior` to the HPA it creates."""
-    _, objs = rendered
-    behavior = one(objs, "ScaledObject")["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
-    hpa = {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": "keda-hpa-sentiment-worker"},
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "sentiment-worker"},
-            "minReplicas": 1,
-            "maxReplicas": 2,
-            "behavior": behavior,
-        },
-    }
-    for version in K8S_VERSIONS:
-        kubernetes_validate.validate(hpa, version, strict=True)
-
-
-def test_keda_schema_rejects_what_keda_rejects() -> None:
-    """The hand-written schema is not a rubber stamp: typical ScaledObject mistakes fail it."""
-    base = render(K8S / "overlays" / "cpu")
-    good = one(base, "ScaledObject")
-    validator = jsonschema.Draft202012Validator(KEDA_SCHEMA)
-    assert validator.is_valid(good)
-
-    def broken(change) -> dict[str, Any]:
-        obj = json.loads(json.dumps(good))
-        change(obj)
-        return obj
-
-    trigger = lambda o: o["spec"]["triggers"][0]["metadata"]  # noqa: E731
-    cases = {
-        "numeric lagThreshold": broken(lambda o: trigger(o).update(lagThreshold=2000)),
-        "unknown trigger key": broken(lambda o: trigger(o).update(lagTreshold="5")),
-        "missing consumerGroup": broken(lambda o: trigger(o).pop("consumerGroup")),
-        "bad offsetResetPolicy": broken(lambda o: trigger(o).update(offsetResetPolicy="smallest")),
-        "unknown spec field": broken(lambda o: o["spec"].update(maxReplicas=3)),
-        "no scale target": broken(lambda o: o["spec"].pop("scaleTargetRef")),
-    }
-    for name, obj in cases.items():
-        assert not validator.is_valid(obj), f"schema accepted: {name}"
-
-
-def test_scaler_watches_the_workers_group_and_topic(rendered) -> None:
-    _, objs = rendered
-    cfg = config(objs)
-    deployment = one(objs, "Deployment")
-    scaled = one(objs, "ScaledObject")
-    spec = scaled["spec"]
-    assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
-    assert spec["scaleTargetRef"]["kind"] == "Deployment"
-    (trigger,) = spec["triggers"]
-    assert trigger["type"] == "kafka"
-    meta = trigger["metadata"]
-    assert meta["bootstrapServers"] == cfg["KAFKA_BOOTSTRAP_SERVERS"]
-    assert meta["consumerGroup"] == cfg["GROUP_ID"]  # the Faust app id is the group id
-    assert meta["topic"] == cfg["INPUT_TOPIC"]  # explicit: never every topic of the group
-    assert meta["allowIdleConsumers"] == "false"
-    # Replicas beyond the partition count would sit idle (and unready).
-    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= int(cfg["TOPIC_PARTITIONS"])
-    # KEDA's HPA owns the replica count: a fixed one would fight it on every apply.
-    assert "replicas" not in deployment["spec"]
-    if "authenticationRef" in trigger:
-        auth = one(objs, "TriggerAuthentication")
-        assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
-
-
-def test_overlay_settings_reach_the_scaler(tmp_path: Path) -> None:
-    """Kafka settings are written once (the ConfigMap): an overlay's values flow into KEDA's trigger."""
-    overlay = tmp_path / "site"
-    overlay.mkdir()
-    rel = lambda p: os.path.relpath(p, overlay)  # noqa: E731  kustomize wants relative paths
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [rel(K8S / "overlays" / "cpu")],
-                "configMapGenerator": [
-                    {
-                        "name": "sentiment-worker-config",
-                        "behavior": "merge",
-                        "literals": ["GROUP_ID=site-group", "INPUT_TOPIC=site-in", "KAFKA_BOOTSTRAP_SERVERS=b1:9092,b2:9092"],
-                    }
-                ],
-                "components": [rel(K8S / "components" / "keda-from-config")],
-            }
-        )
-    )
-    meta = one(render(overlay), "ScaledObject")["spec"]["triggers"][0]["metadata"]
-    assert (meta["consumerGroup"], meta["topic"], meta["bootstrapServers"]) == ("site-group", "site-in", "b1:9092,b2:9092")
+# ------------------------------------------------------------------ the worker's contract
 
 
 def test_config_holds_only_settings_the_worker_accepts(rendered) -> None:
     _, objs = rendered
     cfg = config(objs)
-    container = worker_container(objs)
-    env_names = set(cfg) | {e["name"] for e in container.get("env", [])}
+    env_names = set(cfg) | set(env_of(container(objs)))
     fields = {name.upper() for name in Settings.model_fields}
     unknown = env_names - fields - NON_SETTINGS_ENV
     assert not unknown, f"not worker settings (typo?): {sorted(unknown)}"
-    # Values parse with the worker's own validation (credential files exist only in the pod).
+    assert cfg["HF_HUB_OFFLINE"] == "1", "the worker never downloads the model at start"
     values = {k.lower(): v for k, v in cfg.items() if k.lower() in Settings.model_fields}
     for path_setting in ("sasl_password_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
         if path_setting in values:
@@ -212,124 +46,335 @@ def test_config_holds_only_settings_the_worker_accepts(rendered) -> None:
     Settings(**values)
 
 
-def test_probes_and_port_match_the_worker(rendered) -> None:
+def test_scaler_watches_the_workers_group_and_topic(rendered) -> None:
     _, objs = rendered
     cfg = config(objs)
     deployment = one(objs, "Deployment")
-    pod = deployment["spec"]["template"]
-    container = worker_container(objs)
-    (port,) = [p for p in container["ports"] if p["name"] == "http"]
-    assert port["containerPort"] == int(cfg["WEB_PORT"])
-    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
-    assert container["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
-    # The model loads before the web server starts: the startup probe must allow minutes.
-    startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 180
-    assert pod["metadata"]["annotations"]["prometheus.io/port"] == cfg["WEB_PORT"]
-    assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    scaled_objects = find(objs, "ScaledObject")
+    if not scaled_objects:
+        assert deployment["spec"]["replicas"] <= int(cfg["TOPIC_PARTITIONS"])
+        return
+    spec = one(objs, "ScaledObject")["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    kafka = next(t for t in spec["triggers"] if t["type"] == "kafka")
+    meta = kafka["metadata"]
+    assert meta["bootstrapServers"] == cfg["KAFKA_BOOTSTRAP_SERVERS"]
+    assert meta["consumerGroup"] == cfg["GROUP_ID"]  # the Faust app id is the group id
+    assert meta["topic"] == cfg["INPUT_TOPIC"]  # explicit: never every topic of the group
+    assert meta["allowIdleConsumers"] == "false" and meta["limitToPartitionsWithLag"] == "true"
+    assert meta["tls"] == ("enable" if cfg["SECURITY_PROTOCOL"] in ("SSL", "SASL_SSL") else "disable")
+    if cfg["SECURITY_PROTOCOL"].startswith("SASL"):
+        assert meta["sasl"] == cfg["SASL_MECHANISM"].lower().replace("-", "_").replace("scram_sha_", "scram_sha")
+    # Replicas beyond the partition count would sit idle (and unready).
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= int(cfg["TOPIC_PARTITIONS"])
+    # KEDA's HPA owns the replica count: a fixed one would fight it on every apply.
+    assert "replicas" not in deployment["spec"]
+    for trigger in spec["triggers"]:
+        if trigger["type"] == "prometheus":
+            assert trigger["metricType"] == "Value"
+            assert "sentiment_worker_consumer_lag_seconds" in trigger["metadata"]["query"]
+            assert f'topic="{cfg["INPUT_TOPIC"]}"' in trigger["metadata"]["query"]
 
+
+def test_lag_threshold_comes_from_the_measured_rate_and_beats_the_latency_alert() -> None:
+    """lagThreshold = events/s per replica × target drain seconds, and a scale-out starts before SentimentWorkerSlow."""
+    rules = {r["alert"]: r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]}
+    latency_limit = float(re.search(r">\s*(\d+(?:\.\d+)?)\s*$", rules["SentimentWorkerSlow"]["expr"].strip())[1])
+    auto = VALUES["autoscaling"]
+    for accelerator in ("cpu", "gpu"):
+        objs = render("--set", f"accelerator={accelerator}", "--set", "autoscaling.maxReplicas=4")
+        spec = one(objs, "ScaledObject")["spec"]
+        threshold = int(spec["triggers"][0]["metadata"]["lagThreshold"])
+        rate = VALUES[accelerator]["eventsPerSecondPerReplica"]
+        assert threshold == rate * auto["kafka"]["targetDrainSeconds"]
+        # the backlog that triggers a scale-out drains in this many seconds; plus one polling
+        # interval before KEDA sees it: below the latency the alert pages on
+        assert threshold / rate + spec["pollingInterval"] < latency_limit
+    # the CPU rate is the slower of the measured fp32 workloads (deploy/OPERATIONS.md's table)
+    table = (REPO / "deploy" / "OPERATIONS.md").read_text()
+    measured = [int(m) for m in re.findall(r"^\| 2 vCPU[^|]*\| fp32 \| (?:short|mixed)[^|]*\| (\d+)", table, re.M)]
+    assert measured and VALUES["cpu"]["eventsPerSecondPerReplica"] == min(measured)
+    # an explicit lagThreshold wins
+    objs = render("--set", "autoscaling.kafka.lagThreshold=777")
+    assert one(objs, "ScaledObject")["spec"]["triggers"][0]["metadata"]["lagThreshold"] == "777"
+
+
+def test_probes_and_port_match_the_worker(rendered) -> None:
+    _, objs = rendered
+    cfg = config(objs)
+    pod = one(objs, "Deployment")["spec"]["template"]
+    worker = container(objs)
+    (port,) = [p for p in worker["ports"] if p["name"] == "http"]
+    assert port["containerPort"] == int(cfg["WEB_PORT"]) == Settings.model_fields["web_port"].default
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert worker["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    startup = worker["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 180  # model loading takes minutes
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == cfg["WEB_PORT"]
     service = one(objs, "Service")
-    assert service["metadata"]["name"] == "sentiment-worker"  # Prometheus job label the alerts expect
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
-    assert service["spec"]["publishNotReadyAddresses"] is True
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert service["spec"]["publishNotReadyAddresses"] is True and service["spec"]["clusterIP"] == "None"
+    (svc_port,) = service["spec"]["ports"]
+    assert svc_port["targetPort"] == "http" and svc_port["name"] == "http-metrics"
+    # a changed setting rolls the pods
+    assert re.fullmatch(r"[0-9a-f]{64}", pod["metadata"]["annotations"]["checksum/config"])
 
 
 def test_shutdown_rollout_and_disruptions(rendered) -> None:
     from worker.service import DRAIN_TIMEOUT_S
 
-    _, objs = rendered
+    name, objs = rendered
     deployment = one(objs, "Deployment")
-    pod_spec = deployment["spec"]["template"]["spec"]
-    # SIGTERM → drain (DRAIN_TIMEOUT_S) → producer flush, commit, leave group; then SIGKILL.
-    assert DRAIN_TIMEOUT_S + 20 <= pod_spec["terminationGracePeriodSeconds"] <= 120
+    spec = pod_spec(objs)
+    assert DRAIN_TIMEOUT_S + 20 <= spec["terminationGracePeriodSeconds"] <= 120
     rolling = deployment["spec"]["strategy"]["rollingUpdate"]
     assert rolling["maxSurge"] == 0 and rolling["maxUnavailable"] == 1
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
-
-    pdb = one(objs, "PodDisruptionBudget")
+    pdbs = find(objs, "PodDisruptionBudget")
+    if "podDisruptionBudget.enabled=false" in MATRIX[name][0]:
+        assert not pdbs
+        return
+    (pdb,) = pdbs
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert pdb["spec"]["maxUnavailable"] == 1
-    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
-def test_security_and_resources(rendered) -> None:
+def test_security_and_credentials(rendered) -> None:
     _, objs = rendered
-    pod_spec = one(objs, "Deployment")["spec"]["template"]["spec"]
-    container = worker_container(objs)
-    assert pod_spec["securityContext"]["runAsNonRoot"] is True
-    assert pod_spec["securityContext"]["runAsUser"] == dockerfile_uid()
-    sc = container["securityContext"]
-    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
-    assert sc["capabilities"]["drop"] == ["ALL"]
-    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    volumes = {v["name"]: v for v in pod_spec["volumes"]}
+    spec = pod_spec(objs)
+    cfg = config(objs)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == dockerfile_uid()
+    assert spec["automountServiceAccountToken"] is False
+    for c in spec["containers"] + spec["initContainers"]:
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert {"requests", "limits"} <= set(c["resources"]) and "memory" in c["resources"]["limits"]
+    worker = container(objs)
+    mounts = {m["mountPath"]: m["name"] for m in worker["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["DATA_DIR"].startswith("/tmp/")
-    requests = container["resources"]["requests"]
-    assert {"cpu", "memory"} <= set(requests)
-    assert "memory" in container["resources"]["limits"]
-    # Kafka credentials: only ever references to the Secret, never values in the manifests.
-    creds = volumes["kafka-credentials"]["secret"]["secretName"]
-    assert env["SASL_USERNAME"] is None
-    (username,) = [e for e in container["env"] if e["name"] == "SASL_USERNAME"]
-    assert username["valueFrom"]["secretKeyRef"]["name"] == creds
-    assert not [o for o in objs if o["kind"] == "Secret"], "Secrets are created by the operator, never rendered"
-    assert "SASL_PASSWORD" not in config(objs)
+    assert env_of(worker)["DATA_DIR"].startswith("/tmp/")
+    # Kafka credentials: only references to the operator's Secret, never values.
+    assert not find(objs, "Secret"), "Secrets are created by the operator, never rendered"
+    assert "SASL_PASSWORD" not in cfg
+    protocol = cfg["SECURITY_PROTOCOL"]
+    needs_secret = protocol.startswith("SASL") or "SSL_CAFILE" in cfg or "SSL_CERTFILE" in cfg
+    if not needs_secret:
+        assert "kafka-credentials" not in volumes
+        return
+    secret = volumes["kafka-credentials"]["secret"]["secretName"]
+    mount = next(m for m in worker["volumeMounts"] if m["name"] == "kafka-credentials")
+    assert mount["readOnly"] is True
+    for key in ("SASL_PASSWORD_FILE", "SSL_CAFILE", "SSL_CERTFILE", "SSL_KEYFILE"):
+        if key in cfg:
+            assert cfg[key].startswith(mount["mountPath"] + "/")
+    if protocol.startswith("SASL"):
+        assert env_of(worker)["SASL_USERNAME"]["secretKeyRef"]["name"] == secret
+    # KEDA reads the same Secret, the same keys the worker mounts
+    for auth in find(objs, "TriggerAuthentication"):
+        refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+        assert {r["name"] for r in refs.values()} == {secret}
+        files = {Path(cfg[k]).name for k in ("SASL_PASSWORD_FILE", "SSL_CAFILE", "SSL_CERTFILE", "SSL_KEYFILE") if k in cfg}
+        assert {r["key"] for p, r in refs.items() if p != "username"} == files
+        assert ("cert" in refs) == ("SSL_CERTFILE" in cfg) and ("ca" in refs) == ("SSL_CAFILE" in cfg)
 
 
 def test_command_is_the_images(rendered) -> None:
     _, objs = rendered
-    container = worker_container(objs)
-    assert container["command"] + container["args"] == ["sentiment-worker", "run"]
-    assert container["command"] + container["args"] == dockerfile_start_command()
+    worker = container(objs)
+    assert worker["command"] + worker["args"] == ["sentiment-worker", "run"] == dockerfile_start_command()
 
 
-def test_cpu_overlay() -> None:
-    objs = render(K8S / "overlays" / "cpu")
+def test_model_is_in_place_before_the_worker_starts(rendered) -> None:
+    """Every model source: an init container delivers or awaits the model; the worker never downloads it."""
+    name, objs = rendered
     cfg = config(objs)
-    container = worker_container(objs)
-    assert cfg["DEVICE"] == "cpu"
-    assert container["image"].endswith("-cpu")
-    # One inference thread per requested core: no oversubscription of a shared node.
-    assert int(cfg["TORCH_THREADS"]) == int(container["resources"]["requests"]["cpu"])
-    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+    spec = pod_spec(objs)
+    worker = container(objs)
+    init = container(objs, "model", init=True)
+    assert [c["name"] for c in spec["initContainers"]] == ["model"]
+    assert init["image"] == worker["image"]  # fetch-model ships in the worker image
+    fetch_env = env_of(init)
+    assert (fetch_env["MODEL"], fetch_env["MODEL_REVISION"]) == (cfg["MODEL"], cfg["MODEL_REVISION"])
+    assert re.fullmatch(r"[0-9a-f]{40}", cfg["MODEL_REVISION"]), "a pinned commit"
+    assert fetch_env["HF_HOME"] == env_of(worker)["HF_HOME"] == "/opt/huggingface"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    worker_mounts = {m["mountPath"]: m for m in worker["volumeMounts"]}
+    init_mounts = {m["mountPath"]: m for m in init["volumeMounts"]}
+    source = next((s for s in ("pvc", "image", "baked") if f"model.source={s}" in " ".join(MATRIX[name][0])), None)
+    if name.startswith("example-"):
+        source = yaml.safe_load(Path(MATRIX[name][0][1]).read_text()).get("model", {}).get("source")
+    source = source or VALUES["model"]["source"]
+    jobs = find(objs, "Job")
+    if source == "baked":
+        assert init["command"] == ["fetch-model", "wait"]
+        assert "/opt/huggingface" not in worker_mounts and "model" not in volumes  # the image's own copy
+        assert not jobs
+        return
+    model_volume = volumes[worker_mounts["/opt/huggingface"]["name"]]
+    assert worker_mounts["/opt/huggingface"]["readOnly"] is True
+    if source == "download":
+        assert init["command"] == ["fetch-model", "download"]
+        assert init_mounts["/opt/huggingface"]["readOnly"] is False and "emptyDir" in model_volume
+        assert not jobs
+    elif source == "pvc":
+        assert init["command"] == ["fetch-model", "wait"] and init_mounts["/opt/huggingface"]["readOnly"] is True
+        claim = model_volume["persistentVolumeClaim"]["claimName"]
+        claims = find(objs, "PersistentVolumeClaim")
+        assert [c["metadata"]["name"] for c in claims] in ([claim], [])  # created, or existingClaim
+        (job,) = jobs
+        job_pod = job["spec"]["template"]["spec"]
+        (fetch,) = job_pod["containers"]
+        assert fetch["command"] == ["fetch-model", "download"] and fetch["image"] == worker["image"]
+        assert env_of(fetch)["MODEL_REVISION"] == cfg["MODEL_REVISION"]
+        job_volumes = {v["name"]: v for v in job_pod["volumes"]}
+        (job_mount,) = [m for m in fetch["volumeMounts"] if m["mountPath"] == "/opt/huggingface"]
+        assert job_volumes[job_mount["name"]]["persistentVolumeClaim"]["claimName"] == claim
+        assert not job_mount.get("readOnly")
+    elif source == "image":
+        assert init["command"] == ["fetch-model", "wait"]
+        assert model_volume["image"]["reference"]
+        assert not jobs
+    else:
+        pytest.fail(f"unknown source {source}")
 
 
-def test_gpu_overlay() -> None:
-    objs = render(K8S / "overlays" / "gpu")
+def test_pvc_job_name_follows_the_revision() -> None:
+    """Jobs are immutable: a new revision is a new Job, the same one keeps its name."""
+    names = [one(render("--set", "model.source=pvc", "--set", f"model.revision={rev}"), "Job")["metadata"]["name"]
+             for rev in ("a" * 40, "b" * 40, "a" * 40)]
+    assert names[0] == names[2] != names[1] and all(len(n) <= 63 for n in names)
+
+
+def test_cpu_defaults() -> None:
+    objs = render()
     cfg = config(objs)
-    container = worker_container(objs)
-    pod_spec = one(objs, "Deployment")["spec"]["template"]["spec"]
-    assert cfg["DEVICE"] == "cuda"
-    assert container["image"].endswith("-cuda")
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod_spec["tolerations"]
-    assert int(cfg["BATCH_MAX_SIZE"]) > int(config(render(K8S / "overlays" / "cpu"))["BATCH_MAX_SIZE"])
+    worker = container(objs)
+    assert cfg["DEVICE"] == "cpu" and worker["image"].endswith(":0.1.0-cpu")
+    # one inference thread per requested core: no oversubscription of a shared node
+    assert int(cfg["TORCH_THREADS"]) == int(worker["resources"]["requests"]["cpu"])
+    assert not any(k.startswith("nvidia.com/") for k in worker["resources"]["limits"])
+    assert "runtimeClassName" not in pod_spec(objs) and "tolerations" not in pod_spec(objs)
 
 
-def test_static_membership_and_sasl_example() -> None:
-    objs = render(K8S / "examples" / "gpu-sasl-static")
-    container = worker_container(objs)
-    (instance,) = [e for e in container["env"] if e["name"] == "GROUP_INSTANCE_ID"]
-    assert instance["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+def test_gpu_scheduling() -> None:
+    base = ["--set", "accelerator=gpu", "--set", "autoscaling.maxReplicas=4"]
+    objs = render(*base)
     cfg = config(objs)
-    assert cfg["SECURITY_PROTOCOL"] == "SASL_SSL"
-    mount = next(m for m in container["volumeMounts"] if m["name"] == "kafka-credentials")["mountPath"]
-    assert cfg["SASL_PASSWORD_FILE"].startswith(mount + "/") and cfg["SSL_CAFILE"].startswith(mount + "/")
-    pod_spec = one(objs, "Deployment")["spec"]["template"]["spec"]
-    secret = next(v for v in pod_spec["volumes"] if v["name"] == "kafka-credentials")["secret"]
-    assert secret["optional"] is False
-    auth = one(objs, "TriggerAuthentication")
-    assert {r["name"] for r in auth["spec"]["secretTargetRef"]} == {secret["secretName"]}
+    worker = container(objs)
+    spec = pod_spec(objs)
+    assert cfg["DEVICE"] == "cuda" and cfg["PRECISION"] == "fp16" and worker["image"].endswith(":0.1.0-cuda")
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == worker["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert int(cfg["BATCH_MAX_SIZE"]) > int(config(render())["BATCH_MAX_SIZE"])
+    # a MIG slice or a shared GPU's resource, a runtime class, node selection
+    objs = render(*base, "--set", "gpu.resourceName=nvidia.com/mig-1g.18gb", "--set", "gpu.runtimeClassName=nvidia",
+                  "--set", "nodeSelector.pool=inference", "--set", "gpu.nodeSelector.gpu=h100",
+                  "--set", "tolerations[0].key=dedicated", "--set", "tolerations[0].operator=Exists")
+    worker, spec = container(objs), pod_spec(objs)
+    assert worker["resources"]["limits"]["nvidia.com/mig-1g.18gb"] == 1 and "nvidia.com/gpu" not in worker["resources"]["limits"]
+    assert spec["runtimeClassName"] == "nvidia" and spec["nodeSelector"] == {"pool": "inference", "gpu": "h100"}
+    assert [t["key"] for t in spec["tolerations"]] == ["dedicated", "nvidia.com/gpu"]
+    # explicit batch settings win over the accelerator's
+    assert config(render(*base, "--set", "batch.maxSize=100"))["BATCH_MAX_SIZE"] == "100"
+
+
+def test_static_membership_and_sasl() -> None:
+    objs = render("--set", "staticMembership=true", "--set", "kafka.securityProtocol=SASL_SSL",
+                  "--set", "kafka.saslMechanism=SCRAM-SHA-256")
+    env = env_of(container(objs))
+    assert env["GROUP_INSTANCE_ID"]["fieldRef"]["fieldPath"] == "metadata.name"
     meta = one(objs, "ScaledObject")["spec"]["triggers"][0]["metadata"]
-    assert (meta["sasl"], meta["tls"]) == ("scram_sha512", "enable")
-    # Base and cpu overlay: no static membership unless asked for.
-    cpu = worker_container(render(K8S / "overlays" / "cpu"))
-    assert "GROUP_INSTANCE_ID" not in {e["name"] for e in cpu["env"]}
+    assert (meta["sasl"], meta["tls"]) == ("scram_sha256", "enable")
+    assert "GROUP_INSTANCE_ID" not in env_of(container(render()))
+
+
+# ------------------------------------------------------------------ monitoring
+
+
+def test_monitoring_objects_follow_the_cluster() -> None:
+    """auto: ServiceMonitor and PrometheusRule only where the Prometheus Operator's API is served."""
+    kinds = {o["kind"] for o in render()}
+    assert not {"ServiceMonitor", "PrometheusRule"} & kinds
+    kinds = {o["kind"] for o in render(*MONITORING)}
+    assert {"ServiceMonitor", "PrometheusRule"} <= kinds
+    kinds = {o["kind"] for o in render("--set", "metrics.serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true")}
+    assert {"ServiceMonitor", "PrometheusRule"} <= kinds
+
+
+def test_service_monitor_scrapes_the_service_as_the_rules_expect() -> None:
+    for job, release in (("sentiment-worker", "sw"), ("reviews", "reviews-prod")):
+        objs = render("--set", f"metrics.job={job}", *MONITORING, release=release)
+        monitor, service = one(objs, "ServiceMonitor"), one(objs, "Service")
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        assert monitor["spec"]["namespaceSelector"]["matchNames"] == ["sentiment"]
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]} and endpoint["path"] == "/metrics"
+        # the job label comes from a Service label, whatever the release's name
+        assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == job
+
+
+def test_prometheus_rule_is_the_alerts_file() -> None:
+    """One source of rules: the chart renders deploy/prometheus/alerts.yml, base and job substituted."""
+    assert (CHART / "files" / "alerts.yml").resolve() == ALERTS.resolve()
+    source = yaml.safe_load(ALERTS.read_text())["groups"]
+    assert one(render(*MONITORING), "PrometheusRule")["spec"]["groups"] == source
+    base = "https://docs.example.invalid/ops/OPERATIONS.md"
+    objs = render("--set", f"prometheusRule.runbookBaseUrl={base}", "--set", "metrics.job=reviews",
+                  "--set", "prometheusRule.labels.release=kube-prometheus-stack", *MONITORING)
+    rule = one(objs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rendered_rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    source_rules = [r for g in source for r in g["rules"]]
+    assert [r["alert"] for r in rendered_rules] == [r["alert"] for r in source_rules]
+    for got, want in zip(rendered_rules, source_rules):
+        anchor = want["annotations"]["runbook_url"].split("#", 1)[1]
+        assert got["annotations"]["runbook_url"] == f"{base}#{anchor}"
+        assert got["expr"] == want["expr"].replace('job="sentiment-worker"', 'job="reviews"')
+        assert {k: v for k, v in got["annotations"].items() if k != "runbook_url"} == \
+            {k: v for k, v in want["annotations"].items() if k != "runbook_url"}
+
+
+def test_grafana_dashboard_configmap_is_the_dashboard() -> None:
+    assert not [c for c in find(render(), "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+    objs = render("--set", "grafanaDashboard.enabled=true")
+    (cm,) = [c for c in find(objs, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["sentiment-worker.json"]) == json.loads(DASHBOARD.read_text())
+
+
+# ------------------------------------------------------------------ network policy
+
+
+def test_network_policy_allows_what_the_worker_needs() -> None:
+    objs = render()
+    (policy,) = find(objs, "NetworkPolicy")
+    pod = one(objs, "Deployment")["spec"]["template"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    (ingress,) = policy["spec"]["ingress"]
+    assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}] and "from" not in ingress
+    egress_ports = [{p["port"] for p in rule["ports"]} for rule in policy["spec"]["egress"]]
+    assert {53} in egress_ports  # DNS
+    assert set(VALUES["kafka"]["brokerPorts"]) in egress_ports
+    assert {443} in egress_ports  # model.source=download: the init container reaches the hub
+    # pvc: the workers don't reach the hub, the Job's own policy does
+    objs = render("--set", "model.source=pvc")
+    worker_policy, job_policy = sorted(find(objs, "NetworkPolicy"), key=lambda p: p["metadata"]["name"])
+    assert {443} not in [{p["port"] for p in r["ports"]} for r in worker_policy["spec"]["egress"]]
+    job_pod = one(objs, "Job")["spec"]["template"]
+    assert job_policy["spec"]["podSelector"]["matchLabels"].items() <= job_pod["metadata"]["labels"].items()
+    assert not job_policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert {443} in [{p["port"] for p in r["ports"]} for r in job_policy["spec"]["egress"]]
+    assert "ingress" not in job_policy["spec"]  # nothing in
+    # restricted peers
+    objs = render("--set", "networkPolicy.kafkaTo[0].ipBlock.cidr=10.20.0.0/16")
+    kafka_rule = next(r for r in one(objs, "NetworkPolicy")["spec"]["egress"] if 9092 in {p["port"] for p in r["ports"]})
+    assert kafka_rule["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
 
 
 # ------------------------------------------------------------------ Dockerfile facts

@@ -6,7 +6,8 @@
 - every PromQL query of the Grafana dashboard parses (promtool checks them as recording
   rules, Grafana's variables substituted);
 - every metric the rules and the dashboard use is one the worker exports (worker/metrics.py);
-- every alert's runbook anchor is a heading of deploy/OPERATIONS.md;
+- every alert links its runbook with an absolute `runbook_url`, all under one base, each
+  anchor a heading of deploy/OPERATIONS.md;
 - the compose stack's prometheus.yml passes `promtool check config`.
 """
 
@@ -26,8 +27,11 @@ ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 ALERT_TESTS = REPO / "deploy" / "prometheus" / "alerts.test.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "sentiment-worker.json"
 OPERATIONS = REPO / "deploy" / "OPERATIONS.md"
-# Series every Prometheus target has, besides the worker's own.
-STANDARD = {"up", "process_start_time_seconds"}
+# Series every Prometheus target has, besides the worker's own: `up`, and the process
+# collector of prometheus_client (Linux), which the worker's /metrics includes.
+STANDARD = {"up", "process_start_time_seconds", "process_cpu_seconds_total", "process_resident_memory_bytes"}
+# The base of every runbook_url (the Helm chart replaces it with prometheusRule.runbookBaseUrl).
+RUNBOOK_BASE = "https://git.example.com/platform/sentiment-worker/blob/main/deploy/OPERATIONS.md"
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -99,6 +103,9 @@ def test_each_alert_is_unit_tested_and_documented() -> None:
     # what the issue asks for: lag growing, dead-letter rate, no output while input arrives, worker down
     assert {"SentimentWorkerLagGrowing", "SentimentWorkerDeadLetterRate", "SentimentWorkerNoOutput",
             "SentimentWorkerDown"} <= alerts
+    # exactly-once trouble and idle replicas
+    assert {"SentimentWorkerTransactionsFenced", "SentimentWorkerTransactionsAborted",
+            "SentimentWorkerNoPartitions"} <= alerts
     tests = yaml.safe_load(ALERT_TESTS.read_text())["tests"]
     fired = {case["alertname"] for t in tests for case in t["alert_rule_test"] if case["exp_alerts"]}
     assert fired == alerts, f"alerts never shown to fire in alerts.test.yml: {sorted(alerts - fired)}"
@@ -109,8 +116,12 @@ def test_each_alert_is_unit_tested_and_documented() -> None:
     }
     for rule in rules:
         assert rule["labels"]["severity"] in {"critical", "warning"}
-        anchor = rule["annotations"]["runbook"].split("#", 1)[1]
+        assert "runbook" not in rule["annotations"], "the standard annotation is runbook_url"
+        url = rule["annotations"]["runbook_url"]
+        assert url.startswith(RUNBOOK_BASE + "#"), f"{rule['alert']}: {url} not under the one base"
+        anchor = url.split("#", 1)[1]
         assert anchor in headings, f"{rule['alert']}: no heading #{anchor} in OPERATIONS.md"
+    assert f"{RUNBOOK_BASE}|" in ALERTS.read_text(), "the header's sed line names the base"
 
 
 def test_rules_and_dashboard_use_exported_metrics() -> None:
@@ -137,6 +148,12 @@ def test_dashboard_covers_the_operators_questions() -> None:
         "sentiment_worker_publish_errors_total",  # errors
         "sentiment_worker_pipeline_failures_total",
         "sentiment_worker_model_info",
+        "sentiment_worker_consumer_lag_seconds",  # lag in seconds
+        "sentiment_worker_assigned_partitions",
+        "process_cpu_seconds_total",  # resources: CPU, RSS, GPU memory, restarts
+        "process_resident_memory_bytes",
+        "sentiment_worker_gpu_memory_bytes",
+        "process_start_time_seconds",
     ):
         assert metric in used, f"dashboard lacks {metric}"
     assert "histogram_quantile(0.99" in used and "histogram_quantile(0.5" in used

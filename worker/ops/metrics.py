@@ -65,6 +65,12 @@ FAILURES = Counter(f"{PREFIX}_pipeline_failures", "Fatal pipeline errors (the wo
 MODEL_LOAD_SECONDS = Gauge(
     f"{PREFIX}_model_load_seconds", "How long loading and warming up the model took at start.", multiprocess_mode="livemax"
 )
+GPU_MEMORY_BYTES = Gauge(
+    f"{PREFIX}_gpu_memory_bytes",
+    "GPU memory held by this process's torch allocator; kind=allocated or reserved.",
+    ["device", "kind"],
+    multiprocess_mode="livesum",
+)
 MODEL_INFO = Gauge(
     f"{PREFIX}_model_info",
     "The loaded model (value 1).",
