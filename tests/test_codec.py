@@ -17,9 +17,11 @@ from worker.pipeline.codec import DecodeError, InputRecord, Source, decode, enco
 from worker.settings import InputFormat
 
 REPO = Path(__file__).resolve().parents[1]
-OUTPUT_SCHEMA = json.loads((REPO / "schemas" / "sentiment-output.v1.json").read_text())
+OUTPUT_SCHEMA = json.loads((REPO / "schemas" / "sentiment-output.v2.json").read_text())
+OUTPUT_SCHEMA_V1 = json.loads((REPO / "schemas" / "sentiment-output.v1.json").read_text())
 INPUT_SCHEMA = json.loads((REPO / "schemas" / "sentiment-input.v1.json").read_text())
 OUTPUT_VALIDATOR = jsonschema.Draft202012Validator(OUTPUT_SCHEMA, format_checker=jsonschema.FormatChecker())
+OUTPUT_VALIDATOR_V1 = jsonschema.Draft202012Validator(OUTPUT_SCHEMA_V1, format_checker=jsonschema.FormatChecker())
 
 JSON, TEXT = InputFormat.json, InputFormat.text
 SOURCE = Source(topic="in-topic", partition=3, offset=41, timestamp_ms=1_700_000_000_123)
@@ -34,7 +36,8 @@ def reason_of(value: bytes | None, fmt: InputFormat = JSON) -> str:
     return info.value.reason
 
 
-def encode(record: InputRecord, source: Source = SOURCE, *, include_text: bool = False, truncated: bool = False) -> dict:
+def encode(record: InputRecord, source: Source = SOURCE, *, include_text: bool = False, truncated: bool = False,
+           version: str = "2") -> dict:
     raw = encode_output(
         record,
         source,
@@ -45,6 +48,7 @@ def encode(record: InputRecord, source: Source = SOURCE, *, include_text: bool =
         model=MODEL_BLOCK,
         processed_at=PROCESSED_AT,
         include_text=include_text,
+        version=version,
     )
     assert isinstance(raw, bytes)
     return orjson.loads(raw)
@@ -272,7 +276,7 @@ def test_output_validates_against_schema(record: InputRecord, include_text: bool
     source = Source("topic", 1, 2, timestamp_ms)
     doc = encode(record, source, include_text=include_text, truncated=True)
     OUTPUT_VALIDATOR.validate(doc)
-    assert doc["schema_version"] == "1"
+    assert doc["schema_version"] == "2" and doc["head"] == "single_label"
     assert doc["label"] == "POSITIVE" and doc["score"] == 0.75
     assert doc["scores"] == {"NEGATIVE": 0.25, "POSITIVE": 0.75}
     assert doc["model"] == MODEL_BLOCK
@@ -286,6 +290,35 @@ def test_output_validates_against_schema(record: InputRecord, include_text: bool
     for stamp in (doc["processed_at"], doc["source"]["timestamp"]):
         if stamp is not None:
             assert datetime.fromisoformat(stamp).utcoffset().total_seconds() == 0
+
+
+def test_version_1_events_validate_against_both_schemas() -> None:
+    """OUTPUT_SCHEMA_VERSION=1 (single-label models) writes the version-1 event; v2 readers read it too."""
+    doc = encode(InputRecord(text="x", id="a"), version="1")
+    assert doc["schema_version"] == "1" and "head" not in doc
+    OUTPUT_VALIDATOR_V1.validate(doc)
+    OUTPUT_VALIDATOR.validate(doc)
+    assert not OUTPUT_VALIDATOR_V1.is_valid(encode(InputRecord(text="x")))  # v2 events are not v1
+
+
+@pytest.mark.parametrize(
+    ("head", "fields"),
+    [
+        ("multi_label", {"label": "joy", "score": 0.9, "scores": {"joy": 0.9, "anger": 0.6, "fear": 0.1}, "labels": ["joy", "anger"]}),
+        ("multi_label", {"label": "joy", "score": 0.3, "scores": {"joy": 0.3}, "labels": []}),
+        ("regression", {"value": -1.25}),
+    ],
+)
+def test_other_heads_fit_version_2(head: str, fields: dict) -> None:
+    doc = orjson.loads(encode_output(InputRecord(text="x"), SOURCE, truncated=False, model=MODEL_BLOCK,
+                                     processed_at=PROCESSED_AT, head=head, **fields))
+    OUTPUT_VALIDATOR.validate(doc)
+    assert doc["head"] == head and {k: doc[k] for k in fields} == fields
+    if head == "regression":
+        assert not {"label", "score", "scores", "labels"} & set(doc)
+        assert not OUTPUT_VALIDATOR.is_valid({**doc, "label": "x"})
+    else:
+        assert not OUTPUT_VALIDATOR.is_valid({k: v for k, v in doc.items() if k != "labels"})
 
 
 def test_schema_rejects_what_encode_must_not_produce() -> None:

@@ -26,7 +26,7 @@ from worker.model.engine import SentimentEngine
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parents[1]
-OUTPUT_SCHEMA = json.loads((REPO / "schemas" / "sentiment-output.v1.json").read_text())
+OUTPUT_SCHEMA = json.loads((REPO / "schemas" / "sentiment-output.v2.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(OUTPUT_SCHEMA, format_checker=jsonschema.FormatChecker())
 WORDS = "the movie was great terrible boring amazing and i love hate it not very good bad service".split()
 

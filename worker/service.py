@@ -112,6 +112,8 @@ class WorkerService:
             include_text=settings.include_text,
             scored_text=engine.scored_text,
             observer=self.telemetry,
+            schema_version=settings.output_schema_version,
+            threshold=settings.multi_label_threshold,
         )
         deliverer = Deliverer(
             self.publisher,
@@ -146,6 +148,7 @@ class WorkerService:
         self._model = engine.info
         info = engine.info
         metrics.MODEL_INFO.labels(info.name, info.revision or "", info.device, info.precision).set(1)
+        metrics.set_build_info()
         self._wire()
 
     def _wire(self) -> None:
@@ -219,7 +222,8 @@ class WorkerService:
         await self.committer.commit()
 
     async def _check(self) -> None:
-        """Every few seconds: lag (events and seconds) per partition, and the stall watchdog's verdict."""
+        """Every few seconds: lag (events and seconds) per partition, GPU memory, and the stall watchdog's verdict."""
+        self._gpu_memory()
         app, ledger = self.app, self.ledger
         assigned = app.assignment()
         try:
@@ -252,6 +256,15 @@ class WorkerService:
 
     async def _log_throughput(self) -> None:
         self.telemetry.log_throughput(self.ledger.in_flight_events)
+
+    def _gpu_memory(self) -> None:
+        if not self._model.device.startswith("cuda"):
+            return
+        import torch
+
+        device = torch.device(self._model.device)
+        metrics.GPU_MEMORY_BYTES.labels(str(device), "allocated").set(torch.cuda.memory_allocated(device))
+        metrics.GPU_MEMORY_BYTES.labels(str(device), "reserved").set(torch.cuda.memory_reserved(device))
 
     # -- pages ------------------------------------------------------------------------
 
@@ -331,6 +344,10 @@ def run_worker(settings: Settings, child_argv: Optional[list[str]] = None) -> in
         log.error("model.load_failed", error=str(exc))
         raise StartupError(str(exc)) from None
     info = engine.info
+    if settings.output_schema_version == "1" and info.head.value != "single_label":
+        message = f"OUTPUT_SCHEMA_VERSION=1 has no room for a {info.head.value} model: use 2"
+        log.error("model.load_failed", error=message)
+        raise StartupError(message)
     seconds = time.perf_counter() - started
     metrics.MODEL_LOAD_SECONDS.set(seconds)
     log.info(

@@ -160,7 +160,14 @@ class Settings(BaseSettings):
     input_format: InputFormat = Field(
         InputFormat.json, description="json: JSON objects with a text field; text: raw UTF-8 lines."
     )
-    include_text: bool = Field(False, description="Copy the input text into each output event.")
+    include_text: bool = Field(False, description="Copy the input text (as far as it was scored) into each output event.")
+    output_schema_version: str = Field(
+        "2",
+        description="2: any head (schemas/sentiment-output.v2.json); 1: the version-1 event, single-label models only.",
+    )
+    multi_label_threshold: float = Field(
+        0.5, ge=0, le=1, description="Multi-label models: a label applies (output labels) from this probability on."
+    )
 
     # --- Batching --------------------------------------------------------------
     batch_max_size: int = Field(64, ge=1, description="Most events gathered into one batch.")
@@ -240,6 +247,13 @@ class Settings(BaseSettings):
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"{server!r} is not host:port")
         return ",".join(servers)
+
+    @field_validator("output_schema_version")
+    @classmethod
+    def _check_schema_version(cls, value: str) -> str:
+        if value not in ("1", "2"):
+            raise ValueError("must be 1 or 2")
+        return value
 
     @field_validator("auto_offset_reset")
     @classmethod

@@ -161,6 +161,9 @@ def _run(cfg: Config, bootstrap: Optional[str], soak_minutes: Optional[float]) -
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "bench.json").write_text(json.dumps(result, indent=2))
     if not soak_minutes:
-        report.write_chart(result, cfg.out / "bench.png")
+        try:
+            report.write_chart(result, cfg.out / "bench.png")
+        except ImportError:
+            say("no chart: matplotlib is missing (pip install 'sentiment-worker[bench]')")
     print(report.format_table(result))
     print(f"\nwrote {cfg.out / 'bench.json'}" + ("" if soak_minutes else f" and {cfg.out / 'bench.png'}"))

@@ -326,7 +326,8 @@ def limit(argv: list[str]) -> None:
                 for i, (record, doc, row) in enumerate(zip(records, decoded, probs)):
                     source = Source(record.topic, record.partition, record.offset, record.timestamp)
                     value = encode_output(doc, source, label=labels[0], score=row[0], scores=dict(zip(labels, row)),
-                                          truncated=encoded.truncated[i], model=model_block, processed_at=processed_at)
+                                          truncated=encoded.truncated[i], model=model_block, processed_at=processed_at,
+                                          head="single_label")
                     key = record.key or (doc.id or source.default_id).encode()
                     partition = partitioner(key, out_partitions)
                     builder = builders.get(partition)

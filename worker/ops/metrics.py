@@ -6,7 +6,11 @@ Names are part of the operator contract: dashboards and alert rules in
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+# Every counter and histogram would carry a *_created series too: noise for dashboards,
+# twice the series for Prometheus to store.
+disable_created_metrics()
 
 PREFIX = "sentiment_worker"
 
@@ -54,6 +58,11 @@ CONSUMER_LAG_SECONDS = Gauge(
 )
 REBALANCES = Counter(f"{PREFIX}_rebalances", "Partition assignments this replica received.")
 TRUNCATED = Counter(f"{PREFIX}_truncated_texts", "Texts longer than MAX_LENGTH tokens (scored on their beginning).")
+INPUT_TOKENS = Histogram(
+    f"{PREFIX}_input_tokens",
+    "Tokens per scored text (special tokens included; a truncated text counts MAX_LENGTH).",
+    buckets=(8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+)
 ASSIGNED_PARTITIONS = Gauge(
     f"{PREFIX}_assigned_partitions", "Input partitions this replica owns (0: idle).", multiprocess_mode="livesum"
 )
@@ -71,12 +80,33 @@ GPU_MEMORY_BYTES = Gauge(
     ["device", "kind"],
     multiprocess_mode="livesum",
 )
+BUILD_INFO = Gauge(
+    f"{PREFIX}_build_info",
+    "The worker's version and its main libraries' (value 1).",
+    ["version", "python", "torch", "transformers", "faust", "aiokafka"],
+    multiprocess_mode="livemax",
+)
 MODEL_INFO = Gauge(
     f"{PREFIX}_model_info",
     "The loaded model (value 1).",
     ["name", "revision", "device", "precision"],
     multiprocess_mode="livemax",
 )
+
+
+def set_build_info() -> None:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return ""
+
+    BUILD_INFO.labels(
+        v("sentiment-worker"), platform.python_version(), v("torch"), v("transformers"), v("faust-streaming"), v("aiokafka")
+    ).set(1)
 
 
 def render() -> tuple[bytes, str]:

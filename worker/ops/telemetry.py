@@ -80,6 +80,9 @@ class Telemetry:
         metrics.PUBLISH_SECONDS.observe(done.publish_s)
         if done.truncated:
             metrics.TRUNCATED.inc(done.truncated)
+        observe_tokens = metrics.INPUT_TOKENS.observe
+        for tokens in done.input_lengths:
+            observe_tokens(tokens)
         now_ms = time.time() * 1000
         observe = metrics.END_TO_END_SECONDS.observe
         for timestamp in done.input_timestamps_ms:

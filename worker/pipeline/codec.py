@@ -16,7 +16,7 @@ import orjson
 from worker.settings import InputFormat
 
 INPUT_SCHEMA_VERSION = "1"
-OUTPUT_SCHEMA_VERSION = "1"
+OUTPUT_SCHEMA_VERSIONS = ("1", "2")
 
 Timestamp = Union[str, int, float]
 
@@ -111,37 +111,50 @@ def encode_output(
     record: InputRecord,
     source: Source,
     *,
-    label: str,
-    score: float,
-    scores: dict[str, float],
     truncated: bool,
     model: dict[str, Optional[str]],
     processed_at: str,
+    label: Optional[str] = None,
+    score: Optional[float] = None,
+    scores: Optional[dict[str, float]] = None,
+    labels: Optional[list[str]] = None,
+    value: Optional[float] = None,
+    head: str = "single_label",
+    version: str = "2",
     include_text: bool = False,
     text: Optional[str] = None,
 ) -> bytes:
-    """Serialise one scored event (schemas/sentiment-output.v1.json).
+    """Serialise one scored event (schemas/sentiment-output.v2.json; v1 for a single-label model).
 
-    ``text``: what to copy with ``include_text`` when it differs from the input's text
-    (a truncated text is copied as far as it was scored).
+    The head decides the result fields: single_label and multi_label carry
+    label, score and scores (multi_label also labels), regression carries value.
+    ``text``: what to copy with ``include_text`` when it differs from the input's
+    text (a truncated text is copied as far as it was scored).
     """
     doc: dict[str, Any] = {
-        "schema_version": OUTPUT_SCHEMA_VERSION,
+        "schema_version": version,
         "id": record.id if record.id is not None else source.default_id,
-        "label": label,
-        "score": score,
-        "scores": scores,
-        "model": model,
-        "source": {
-            "topic": source.topic,
-            "partition": source.partition,
-            "offset": source.offset,
-            "timestamp": iso_utc(source.timestamp_ms),
-        },
-        "metadata": record.metadata,
-        "processed_at": processed_at,
-        "truncated": truncated,
     }
+    if version != "1":
+        doc["head"] = head
+    if head == "regression":
+        doc["value"] = value
+    else:
+        doc["label"] = label
+        doc["score"] = score
+        doc["scores"] = scores
+        if head == "multi_label":
+            doc["labels"] = labels or []
+    doc["model"] = model
+    doc["source"] = {
+        "topic": source.topic,
+        "partition": source.partition,
+        "offset": source.offset,
+        "timestamp": iso_utc(source.timestamp_ms),
+    }
+    doc["metadata"] = record.metadata
+    doc["processed_at"] = processed_at
+    doc["truncated"] = truncated
     if record.ts is not None:
         doc["ts"] = record.ts
     if include_text:

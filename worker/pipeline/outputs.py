@@ -19,7 +19,7 @@ from aiokafka import TopicPartition
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from worker.kafka.publisher import Delivery, Outbound
-from worker.model.loading import ModelInfo
+from worker.model.loading import Head, ModelInfo
 from worker.pipeline.codec import DecodeError, InputRecord, Source, encode_output
 from worker.pipeline.dead_letter import dead_letter, origin_id, without_value
 from worker.pipeline.scoring import Scored
@@ -52,6 +52,8 @@ class OutputBuilder:
         scored_text: Callable[[str], str],
         observer: DeadLetterObserver,
         copy_headers: Callable[[Sequence[tuple[str, bytes]]], tuple[tuple[str, bytes], ...]] = lambda headers: (),
+        schema_version: str = "2",
+        threshold: float = 0.5,
     ) -> None:
         self.output_topic = output_topic
         self.dead_letter_topic = dead_letter_topic
@@ -62,6 +64,11 @@ class OutputBuilder:
         self._scored_text = scored_text
         self._observer = observer
         self._copy_headers = copy_headers
+        self._version = schema_version
+        self._threshold = threshold
+        self._head = model.head.value
+        if schema_version == "1" and model.head is not Head.single_label:
+            raise ValueError(f"OUTPUT_SCHEMA_VERSION=1 has no room for a {model.head.value} model: use 2")
 
     def build(self, records: Sequence[Any], decoded: Sequence[Decoded], scored: Scored) -> list[Delivery]:
         """One delivery per input partition, records in offset order (an output or dead letter each).
@@ -107,20 +114,28 @@ class OutputBuilder:
         processed_at: str,
         limit: Optional[int],
     ) -> Outbound:
-        best = max(range(len(row)), key=row.__getitem__)
         source = Source(record.topic, record.partition, record.offset, record.timestamp)
+        result: dict[str, Any]
+        if self._head == "regression":
+            result = {"value": row[0]}
+        else:
+            best = max(range(len(row)), key=row.__getitem__)
+            result = {"label": labels[best], "score": row[best], "scores": dict(zip(labels, row))}
+            if self._head == "multi_label":
+                chosen = sorted((i for i, p in enumerate(row) if p >= self._threshold), key=lambda i: -row[i])
+                result["labels"] = [labels[i] for i in chosen]
         try:
             value = encode_output(
                 item,
                 source,
-                label=labels[best],
-                score=row[best],
-                scores=dict(zip(labels, row)),
                 truncated=truncated,
                 model=self._model_block,
                 processed_at=processed_at,
+                head=self._head,
+                version=self._version,
                 include_text=self._include_text,
                 text=self._scored_text(item.text) if self._include_text and truncated else None,
+                **result,
             )
         except (TypeError, ValueError) as exc:  # orjson: a value it can't write; never stall on it
             return self._letter(record, "encode_failed", type(exc).__name__, str(exc))

@@ -40,6 +40,7 @@ class Scored:
 
     scores: Scores
     failures: dict[int, tuple[str, BaseException]] = field(default_factory=dict)  # text -> (reason, error)
+    tokens: list[int] = field(default_factory=list)  # tokens of each tokenised text (windows: of its first)
     encode_s: float = 0.0
     infer_s: float = 0.0
 
@@ -83,7 +84,8 @@ class BatchScorer:
         encoded, failures = await loop.run_in_executor(self._tokenize_pool, self._encode, texts)
         t1 = time.perf_counter()
         scores = await loop.run_in_executor(self._infer_pool, self._infer, encoded, failures, len(texts))
-        return Scored(scores, failures, t1 - t0, time.perf_counter() - t1)
+        tokens = encoded.lengths if encoded.text_of_row is None else [len(encoded.input_ids[r]) for r in _first_rows(encoded)]
+        return Scored(scores, failures, t1 - t0, time.perf_counter() - t1, tokens)
 
     def close(self) -> None:
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
@@ -151,6 +153,14 @@ class BatchScorer:
             else:
                 values[position] = row
         return values, sum(reports, EMPTY_REPORT)
+
+
+def _first_rows(encoded: Encoded) -> list[int]:
+    """The first row (window) of each text."""
+    first: dict[int, int] = {}
+    for row, text in enumerate(encoded.text_of_row or []):
+        first.setdefault(text, row)
+    return [first[t] for t in sorted(first)]
 
 
 def _concat(pieces: Sequence[Encoded]) -> Encoded:

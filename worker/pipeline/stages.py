@@ -241,5 +241,6 @@ def _summary(item: _InFlight, scored: Scored, deliveries: Sequence[Delivery], pu
         publish_s=publish_s,
         total_s=time.perf_counter() - item.started,
         input_timestamps_ms=timestamps,
+        input_lengths=scored.tokens,
         truncated=sum(scored.scores.truncated),
     )
