@@ -85,7 +85,7 @@ class BatchScorer:
         t1 = time.perf_counter()
         scores = await loop.run_in_executor(self._infer_pool, self._infer, encoded, failures, len(texts))
         tokens = encoded.lengths if encoded.text_of_row is None else [len(encoded.input_ids[r]) for r in _first_rows(encoded)]
-        return Scored(scores, failures, t1 - t0, time.perf_counter() - t1, tokens)
+        return Scored(scores, failures, encode_s=t1 - t0, infer_s=time.perf_counter() - t1, tokens=tokens)
 
     def close(self) -> None:
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
