@@ -31,6 +31,7 @@ from worker.ops.watchdog import StallWatchdog
 from worker.ops.web import install_pages
 from worker.pipeline.batcher import Batcher
 from worker.pipeline.delivery import Deliverer
+from worker.pipeline.headers import HeaderPolicy
 from worker.pipeline.intake import Intake
 from worker.pipeline.ledger import OffsetLedger
 from worker.pipeline.outputs import SIZE_MARGIN, OutputBuilder
@@ -71,6 +72,15 @@ def make_publisher(settings: Settings, ledger: OffsetLedger, topics: TopicInfo) 
     )
 
 
+def make_tracing(settings: Settings) -> Optional[Any]:
+    """OpenTelemetry's tracer with TRACING=true, else None (and OpenTelemetry is not even imported)."""
+    if not settings.tracing:
+        return None
+    from worker.ops.tracing import Tracing
+
+    return Tracing()
+
+
 def make_app(settings: Settings) -> InputApp:
     return InputApp(
         settings.group_id,
@@ -103,6 +113,7 @@ class WorkerService:
         self.settings = settings
         self.ledger = OffsetLedger()
         self.telemetry = Telemetry(settings.dead_letter_topic_name)
+        self.tracing = make_tracing(settings)
         self.publisher = make_publisher(settings, self.ledger, topics)
         builder = OutputBuilder(
             output_topic=settings.output_topic,
@@ -114,6 +125,12 @@ class WorkerService:
             observer=self.telemetry,
             schema_version=settings.output_schema_version,
             threshold=settings.multi_label_threshold,
+            copy_headers=HeaderPolicy(
+                settings.copy_headers,
+                settings.drop_headers,
+                schema_version=settings.output_schema_version,
+                replace_trace=self.tracing is not None,
+            ),
         )
         deliverer = Deliverer(
             self.publisher,
@@ -130,6 +147,7 @@ class WorkerService:
             ledger=self.ledger,
             observer=self.telemetry,
             input_format=settings.input_format,
+            tracer=self.tracing,
         )
         self.app = make_app(settings)
         self.intake = Intake(
@@ -139,7 +157,7 @@ class WorkerService:
             self._rewind,
         )
         self.app.intake = self.intake
-        self.committer = Committer(self.ledger, self._commit_offsets)
+        self.committer = Committer(self.ledger, self._commit_offsets, self.tracing)
         self.probe = LagProbe(settings.kafka_bootstrap_servers, settings.group_id, aiokafka_options(settings))
         self.watchdog = StallWatchdog(settings.stall_timeout_s)
         self._started = False
@@ -209,6 +227,8 @@ class WorkerService:
             await self.committer.commit()
         await self.publisher.stop()
         await self.probe.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # flushes the spans still buffered
 
     async def _rewind(self, offsets: Any) -> None:
         await self.app.batch_consumer.rewind(offsets)
@@ -363,7 +383,11 @@ def run_worker(settings: Settings, child_argv: Optional[list[str]] = None) -> in
     if info.random_weights:
         log.warning("model.random_weights", message="RANDOM WEIGHTS: this model's predictions mean nothing")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    service = WorkerService(settings, engine, topics)
+    try:
+        service = WorkerService(settings, engine, topics)
+    except (RuntimeError, ValueError) as exc:  # TRACING without the otel extra, OTEL_* values it can't use
+        log.error("worker.setup_failed", error=str(exc))
+        raise StartupError(str(exc)) from None
     worker = faust.Worker(
         service.app,
         loop=loop,

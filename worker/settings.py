@@ -161,6 +161,12 @@ class Settings(BaseSettings):
         InputFormat.json, description="json: JSON objects with a text field; text: raw UTF-8 lines."
     )
     include_text: bool = Field(False, description="Copy the input text (as far as it was scored) into each output event.")
+    copy_headers: str = Field(
+        "*",
+        description="Input headers copied to the output: comma-separated names or glob patterns; empty: none. "
+        "The worker's own namespaces (sentiment.*, __sentiment.*, __connect.*) are never copied.",
+    )
+    drop_headers: str = Field("", description="Input headers never copied (names or glob patterns; wins over COPY_HEADERS).")
     output_schema_version: str = Field(
         "2",
         description="2: any head (schemas/sentiment-output.v2.json); 1: the version-1 event, single-label models only.",
@@ -232,6 +238,11 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="debug, info, warning or error.")
     log_format: LogFormat = Field(LogFormat.auto, description="auto, json or console.")
+    tracing: bool = Field(
+        False,
+        description="Export OpenTelemetry traces (extra otel), configured by the standard OTEL_* variables: "
+        "a span per batch stage, linked to each input's trace; traceparent written on outputs.",
+    )
     stats_interval_s: float = Field(
         30.0, gt=0, description="How often the throughput summary is logged at info."
     )

@@ -230,7 +230,7 @@ def noop_worker(argv: list[str]) -> None:
             def __init__(self, logits: torch.Tensor) -> None:
                 self.logits = logits
 
-        def forward(*, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        def forward(*, input_ids: torch.Tensor, **_: Any) -> Any:
             return _Out(torch.zeros((input_ids.shape[0], labels)))
 
         return engine.with_forward(forward)

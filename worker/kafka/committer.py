@@ -10,7 +10,9 @@ transaction commits its own offsets and this is not used.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Optional, Protocol
 
 from aiokafka import TopicPartition
 
@@ -22,20 +24,31 @@ log = logs.get_logger(__name__)
 CommitFn = Callable[[Mapping[TopicPartition, int]], Awaitable[bool]]
 
 
+class CommitTracer(Protocol):
+    def commit(self, offsets: dict[Any, int], started_ns: int, ok: bool) -> None: ...
+
+
 class Committer:
-    def __init__(self, ledger: OffsetLedger, commit: CommitFn) -> None:
+    def __init__(self, ledger: OffsetLedger, commit: CommitFn, tracer: Optional[CommitTracer] = None) -> None:
         self._ledger = ledger
         self._commit = commit
+        self._tracer = tracer
 
     async def commit(self) -> bool:
         """Commit what is due; True when nothing is left due."""
         due = self._ledger.due()
         if not due:
             return True
+        started_ns = time.time_ns()
+        error: Optional[BaseException] = None
         try:
             done = await self._commit(due)
         except Exception as exc:  # noqa: BLE001 - e.g. mid-rebalance; the next tick tries again
-            log.warning("offsets.commit_failed", error=f"{type(exc).__name__}: {exc}", partitions=len(due))
+            done, error = False, exc
+        if self._tracer is not None:
+            self._tracer.commit(due, started_ns, bool(done))
+        if error is not None:
+            log.warning("offsets.commit_failed", error=f"{type(error).__name__}: {error}", partitions=len(due))
             return False
         if not done:
             log.info("offsets.commit_refused", reason="the group rebalanced meanwhile", partitions=len(due))

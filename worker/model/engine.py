@@ -61,6 +61,7 @@ class Encoded:
     input_ids: list[list[int]]
     truncated: list[bool]
     text_of_row: Optional[list[int]] = None
+    type_ids: Optional[list[list[int]]] = None  # only for models that take token_type_ids
 
     @property
     def lengths(self) -> list[int]:
@@ -73,13 +74,17 @@ class Encoded:
     def subset(self, texts: Sequence[int]) -> "Encoded":
         """The rows of some texts only, in the order given (for retrying a part of a batch)."""
         if self.text_of_row is None:
-            return Encoded([self.input_ids[i] for i in texts], [self.truncated[i] for i in texts])
-        position = {text: k for k, text in enumerate(texts)}
-        rows = [r for r, text in enumerate(self.text_of_row) if text in position]
+            rows = list(texts)
+            text_of_row = None
+        else:
+            position = {text: k for k, text in enumerate(texts)}
+            rows = [r for r, text in enumerate(self.text_of_row) if text in position]
+            text_of_row = [position[self.text_of_row[r]] for r in rows]
         return Encoded(
             [self.input_ids[r] for r in rows],
             [self.truncated[i] for i in texts],
-            [position[self.text_of_row[r]] for r in rows],
+            text_of_row,
+            [self.type_ids[r] for r in rows] if self.type_ids is not None else None,
         )
 
 
@@ -171,6 +176,11 @@ class SentimentEngine:
         )
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._rust = _batch_tokenizer(tokenizer, max_length, self.window_stride if self.long_text == "windows" else 0)
+        # BERT-style models embed a segment id per token; single texts are segment 0 throughout,
+        # but a tokenizer may say otherwise, so they are passed where both sides take them.
+        self._type_ids = "token_type_ids" in getattr(tokenizer, "model_input_names", ()) and _accepts(
+            model, "token_type_ids"
+        )
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "SentimentEngine":
@@ -264,27 +274,32 @@ class SentimentEngine:
             return self._encode_slow(clipped, cut)
         encodings = self._rust.encode_batch_fast(clipped)
         if self.long_text == "windows":
-            input_ids: list[list[int]] = []
+            rows: list[Any] = []
             text_of_row: list[int] = []
             for index, enc in enumerate(encodings):
-                input_ids.append(enc.ids)
+                rows.append(enc)
                 text_of_row.append(index)
                 for window in enc.overflowing:
-                    input_ids.append(window.ids)
+                    rows.append(window)
                     text_of_row.append(index)
-            return Encoded(input_ids=input_ids, truncated=cut, text_of_row=text_of_row)
+            return Encoded(
+                input_ids=[row.ids for row in rows],
+                truncated=cut,
+                text_of_row=text_of_row,
+                type_ids=[row.type_ids for row in rows] if self._type_ids else None,
+            )
         return Encoded(
             input_ids=[enc.ids for enc in encodings],
             truncated=[over or bool(enc.overflowing) for over, enc in zip(cut, encodings)],
+            type_ids=[enc.type_ids for enc in encodings] if self._type_ids else None,
         )
 
     def _encode_slow(self, texts: Sequence[str], cut: Sequence[bool]) -> Encoded:
         full = self.tokenizer(list(texts), truncation=False, return_attention_mask=False)["input_ids"]
-        short = self.tokenizer(
-            list(texts), truncation=True, max_length=self.max_length, return_attention_mask=False
-        )["input_ids"]
-        truncated = [over or len(f) > len(s) for over, f, s in zip(cut, full, short)]
-        return Encoded(input_ids=short, truncated=truncated)
+        short = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, return_attention_mask=False)
+        truncated = [over or len(f) > len(s) for over, f, s in zip(cut, full, short["input_ids"])]
+        type_ids = short.get("token_type_ids") if self._type_ids else None
+        return Encoded(input_ids=short["input_ids"], truncated=truncated, type_ids=type_ids)
 
     def scored_text(self, text: str) -> str:
         """The beginning of ``text`` that its first window covers: what a truncated text was scored on."""
@@ -307,13 +322,21 @@ class SentimentEngine:
             attention_scale=ATTENTION_SCALE,
         )
 
-    def pad(self, rows: Sequence[Sequence[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ids and attention mask of one model call, built as arrays (no per-token Python)."""
+    def pad(
+        self, rows: Sequence[Sequence[int]], width: int, type_rows: Optional[Sequence[Sequence[int]]] = None
+    ) -> dict[str, torch.Tensor]:
+        """The model inputs of one call (ids, attention mask, token types), built as arrays (no per-token Python)."""
         lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
         mask = np.arange(width, dtype=np.int64)[None, :] < lengths[:, None]
+        total = int(lengths.sum())
         ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
-        ids[mask] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
-        return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
+        ids[mask] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=total)
+        inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
+        if type_rows is not None:
+            types = np.zeros((len(rows), width), dtype=np.int64)
+            types[mask] = np.fromiter(itertools.chain.from_iterable(type_rows), dtype=np.int64, count=total)
+            inputs["token_type_ids"] = torch.from_numpy(types)
+        return inputs
 
     def infer_rows(self, encoded: Encoded) -> tuple[np.ndarray, BatchReport]:
         """Outputs of every row (window) of an encoded batch, in row order, and what it cost."""
@@ -323,10 +346,10 @@ class SentimentEngine:
         head = self.info.head
         with torch.inference_mode():
             for sub in plan:
-                ids, mask = self.pad([encoded.input_ids[i] for i in sub.indices], sub.width)
+                type_rows = [encoded.type_ids[i] for i in sub.indices] if encoded.type_ids is not None else None
+                inputs = self.pad([encoded.input_ids[i] for i in sub.indices], sub.width, type_rows)
                 logits = self._forward(
-                    input_ids=ids.to(self._device, non_blocking=True),
-                    attention_mask=mask.to(self._device, non_blocking=True),
+                    **{name: tensor.to(self._device, non_blocking=True) for name, tensor in inputs.items()}
                 ).logits.float()
                 if head is Head.single_label:
                     values = torch.softmax(logits, dim=-1)
@@ -362,6 +385,16 @@ class SentimentEngine:
         self.predict(["warm up " * 40] * 3 + ["short"])
         if self.info.compiled:
             self.predict(["a third shape " * 12] * 5)
+
+
+def _accepts(model: Any, name: str) -> bool:
+    """Whether the model's forward takes an argument of this name."""
+    import inspect
+
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _batch_tokenizer(tokenizer: Any, max_length: int, stride: int) -> Any:

@@ -143,6 +143,19 @@ def head_of(config: Any) -> Head:
     return Head.single_label
 
 
+# RoBERTa's family numbers positions from padding_idx + 1: two of max_position_embeddings
+# (514 for the base models) are never a token's.
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text", "xmod"})
+
+
+def usable_positions(config: Any) -> Optional[int]:
+    """How many tokens (special ones included) a text may have for this model."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and getattr(config, "model_type", None) in _OFFSET_POSITIONS:
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return limit
+
+
 def load_pretrained(
     source: str,
     *,
@@ -229,7 +242,7 @@ def load_pretrained(
         except Exception as exc:  # noqa: BLE001 - backend missing (no compiler, unsupported platform)
             raise ModelLoadError(f"TORCH_COMPILE=true but torch.compile failed: {exc}") from exc
     labels = tuple(str(model.config.id2label[i]) for i in range(model.config.num_labels))
-    limit = getattr(model.config, "max_position_embeddings", None)
+    limit = usable_positions(model.config)
     if limit and max_length > limit:
         raise ModelLoadError(f"MAX_LENGTH={max_length} exceeds the model's {limit} positions")
     info = ModelInfo(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Optional, Protocol
 
 from worker.model.engine import BatchReport
 
@@ -44,6 +44,20 @@ class Observer(Protocol):
     def transactions(self, outcome: str, count: int = 1) -> None: ...
 
     def pipeline_failed(self, error: BaseException) -> None: ...
+
+
+class BatchTraceLike(Protocol):
+    """A batch's trace (``worker.ops.tracing.BatchTrace``)."""
+
+    def headers(self, index: int) -> tuple[tuple[str, bytes], ...]: ...
+
+    def stage(self, name: str, start_ns: int, end_ns: int, **attributes: Any) -> None: ...
+
+    def end(self, *, stored: bool, end_ns: Optional[int] = None) -> None: ...
+
+
+class Tracer(Protocol):
+    def batch(self, records: Sequence[Any], started_ns: int) -> BatchTraceLike: ...
 
 
 class NullObserver:

@@ -21,7 +21,9 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from worker.kafka.publisher import Delivery, Outbound
 from worker.model.loading import Head, ModelInfo
 from worker.pipeline.codec import DecodeError, InputRecord, Source, encode_output
-from worker.pipeline.dead_letter import dead_letter, origin_id, without_value
+from worker.pipeline.dead_letter import dead_letter, without_value
+from worker.pipeline.headers import HeaderPolicy
+from worker.pipeline.observer import BatchTraceLike
 from worker.pipeline.scoring import Scored
 
 Decoded = Union[InputRecord, DecodeError]
@@ -51,7 +53,7 @@ class OutputBuilder:
         include_text: bool,
         scored_text: Callable[[str], str],
         observer: DeadLetterObserver,
-        copy_headers: Callable[[Sequence[tuple[str, bytes]]], tuple[tuple[str, bytes], ...]] = lambda headers: (),
+        copy_headers: Optional[Callable[[Sequence[tuple[str, bytes]]], tuple[tuple[str, bytes], ...]]] = None,
         schema_version: str = "2",
         threshold: float = 0.5,
     ) -> None:
@@ -63,19 +65,22 @@ class OutputBuilder:
         self._include_text = include_text
         self._scored_text = scored_text
         self._observer = observer
-        self._copy_headers = copy_headers
+        self._copy_headers = copy_headers or HeaderPolicy(schema_version=schema_version)
         self._version = schema_version
         self._threshold = threshold
         self._head = model.head.value
         if schema_version == "1" and model.head is not Head.single_label:
             raise ValueError(f"OUTPUT_SCHEMA_VERSION=1 has no room for a {model.head.value} model: use 2")
 
-    def build(self, records: Sequence[Any], decoded: Sequence[Decoded], scored: Scored) -> list[Delivery]:
+    def build(
+        self, records: Sequence[Any], decoded: Sequence[Decoded], scored: Scored, trace: Optional[BatchTraceLike] = None
+    ) -> list[Delivery]:
         """One delivery per input partition, records in offset order (an output or dead letter each).
 
         ``records``: the consumed records (aiokafka ConsumerRecords), per partition in
         offset order; ``decoded``: what each value decoded to; ``scored``: the scores
-        of the decoded records' texts, in the same order.
+        of the decoded records' texts, in the same order; ``trace``: with TRACING on,
+        whose trace context each output carries.
         """
         processed_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         labels = scored.scores.labels
@@ -85,7 +90,7 @@ class OutputBuilder:
         deliveries: dict[tuple[str, int], Delivery] = {}
         output_limit = self._max_bytes.get(self.output_topic)
         text = 0
-        for record, item in zip(records, decoded):
+        for position, (record, item) in enumerate(zip(records, decoded)):
             where = (record.topic, record.partition)
             delivery = deliveries.get(where)
             if delivery is None:
@@ -100,7 +105,10 @@ class OutputBuilder:
                     cause = exc.__cause__ or exc
                     out = self._letter(record, reason, type(cause).__name__, str(cause) or repr(cause))
                 else:
-                    out = self._output(record, item, labels, rows[index], truncated[index], processed_at, output_limit)
+                    extra = trace.headers(position) if trace is not None else ()
+                    out = self._output(
+                        record, item, labels, rows[index], truncated[index], processed_at, output_limit, extra
+                    )
             delivery.add(record.offset, out, record)
         return list(deliveries.values())
 
@@ -113,6 +121,7 @@ class OutputBuilder:
         truncated: bool,
         processed_at: str,
         limit: Optional[int],
+        extra_headers: tuple[tuple[str, bytes], ...] = (),
     ) -> Outbound:
         source = Source(record.topic, record.partition, record.offset, record.timestamp)
         result: dict[str, Any]
@@ -142,7 +151,7 @@ class OutputBuilder:
         key = record.key
         if key is None:
             key = (item.id if item.id is not None else source.default_id).encode()
-        out = Outbound(self.output_topic, key, value, self._copy_headers(record.headers or ()))
+        out = Outbound(self.output_topic, key, value, self._copy_headers(record.headers or ()) + extra_headers)
         if limit is not None and record_size(out) > limit:
             return self._letter(
                 record,
@@ -182,6 +191,3 @@ class OutputBuilder:
             return without_value(refused)
         return None
 
-
-def source_id(record: Any) -> str:
-    return origin_id(record.topic, record.partition, record.offset)

@@ -80,12 +80,13 @@ class BatchScorer:
         loop = asyncio.get_running_loop()
         if not texts:
             return Scored(self._empty())
-        t0 = time.perf_counter()
-        encoded, failures = await loop.run_in_executor(self._tokenize_pool, self._encode, texts)
-        t1 = time.perf_counter()
-        scores = await loop.run_in_executor(self._infer_pool, self._infer, encoded, failures, len(texts))
+        # Timed inside the threads: a batch queued behind another one is not "slow".
+        (encoded, failures), encode_s = await loop.run_in_executor(self._tokenize_pool, _timed, self._encode, texts)
+        scores, infer_s = await loop.run_in_executor(
+            self._infer_pool, _timed, self._infer, encoded, failures, len(texts)
+        )
         tokens = encoded.lengths if encoded.text_of_row is None else [len(encoded.input_ids[r]) for r in _first_rows(encoded)]
-        return Scored(scores, failures, encode_s=t1 - t0, infer_s=time.perf_counter() - t1, tokens=tokens)
+        return Scored(scores, failures, encode_s=encode_s, infer_s=infer_s, tokens=tokens)
 
     def close(self) -> None:
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
@@ -155,6 +156,11 @@ class BatchScorer:
         return values, sum(reports, EMPTY_REPORT)
 
 
+def _timed(fn: Callable[..., T], *args: object) -> tuple[T, float]:
+    started = time.perf_counter()
+    return fn(*args), time.perf_counter() - started
+
+
 def _first_rows(encoded: Encoded) -> list[int]:
     """The first row (window) of each text."""
     first: dict[int, int] = {}
@@ -165,8 +171,9 @@ def _first_rows(encoded: Encoded) -> list[int]:
 
 def _concat(pieces: Sequence[Encoded]) -> Encoded:
     """One Encoded of several, texts in order (windows keep pointing at their text)."""
+    type_ids = [row for p in pieces for row in p.type_ids or []] if pieces and pieces[0].type_ids is not None else None
     if not pieces or pieces[0].text_of_row is None:
-        return Encoded([row for p in pieces for row in p.input_ids], [t for p in pieces for t in p.truncated])
+        return Encoded([row for p in pieces for row in p.input_ids], [t for p in pieces for t in p.truncated], None, type_ids)
     input_ids: list[list[int]] = []
     truncated: list[bool] = []
     text_of_row: list[int] = []
@@ -175,4 +182,4 @@ def _concat(pieces: Sequence[Encoded]) -> Encoded:
         input_ids.extend(piece.input_ids)
         text_of_row.extend(base + t for t in piece.text_of_row or [])
         truncated.extend(piece.truncated)
-    return Encoded(input_ids, truncated, text_of_row)
+    return Encoded(input_ids, truncated, text_of_row, type_ids)

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from worker.kafka.publisher import Delivery
@@ -29,7 +29,7 @@ from worker.pipeline.batcher import Cut
 from worker.pipeline.codec import DecodeError, decode
 from worker.pipeline.delivery import Deliverer
 from worker.pipeline.ledger import BatchTicket, OffsetLedger
-from worker.pipeline.observer import BatchDone, Observer
+from worker.pipeline.observer import BatchDone, BatchTraceLike, Observer, Tracer
 from worker.pipeline.outputs import OutputBuilder
 from worker.pipeline.scoring import BatchScorer, Scored
 from worker.settings import InputFormat
@@ -43,6 +43,8 @@ class _InFlight:
     cut: Cut
     work: "asyncio.Task[tuple[Scored, list[Delivery]]]"
     started: float
+    trace: Optional[BatchTraceLike] = None
+    stamps: dict[str, int] = field(default_factory=dict)  # wall-clock ns of stage boundaries, when traced
 
 
 class Pipeline:
@@ -58,6 +60,7 @@ class Pipeline:
         observer: Observer,
         input_format: InputFormat,
         max_pending: int = 4,
+        tracer: Optional[Tracer] = None,
     ) -> None:
         self._scorer = scorer
         self._builder = builder
@@ -65,6 +68,7 @@ class Pipeline:
         self._ledger = ledger
         self._observer = observer
         self._format = input_format
+        self._tracer = tracer
         self._pending: deque[_InFlight] = deque()  # submitted, not yet taken by the publisher
         self._space = asyncio.Semaphore(max_pending)
         self._arrived = asyncio.Event()
@@ -130,6 +134,7 @@ class Pipeline:
         if epoch != self._ledger.epoch:
             self._space.release()
             return False
+        decode_ns = time.time_ns() if self._tracer is not None else 0
         fmt = self._format
         decoded: list[Any] = []
         texts: list[str] = []
@@ -144,15 +149,28 @@ class Pipeline:
         ticket = self._ledger.consumed(cut.ends, len(cut.records))
         self._observer.batch_consumed(len(cut.records))
         self._idle.clear()
-        work = asyncio.get_running_loop().create_task(self._work(cut, decoded, texts), name="score")
-        self._pending.append(_InFlight(ticket, cut, work, time.perf_counter()))
+        item = _InFlight(ticket, cut, None, time.perf_counter())  # type: ignore[arg-type]
+        if self._tracer is not None:
+            item.trace = self._tracer.batch(cut.records, decode_ns)
+            item.stamps.update(decode=decode_ns, decoded=time.time_ns())
+        item.work = asyncio.get_running_loop().create_task(self._work(cut, decoded, texts, item), name="score")
+        self._pending.append(item)
         self._arrived.set()
         return True
 
-    async def _work(self, cut: Cut, decoded: list[Any], texts: list[str]) -> tuple[Scored, list[Delivery]]:
+    async def _work(self, cut: Cut, decoded: list[Any], texts: list[str], item: _InFlight) -> tuple[Scored, list[Delivery]]:
+        traced = item.trace is not None
+        if traced:
+            item.stamps["scoring"] = time.time_ns()
         scored = await self._scorer.score(texts)
+        if traced:
+            item.stamps["scored"] = time.time_ns()
         loop = asyncio.get_running_loop()
-        deliveries = await loop.run_in_executor(self._outputs_pool, self._builder.build, cut.records, decoded, scored)
+        deliveries = await loop.run_in_executor(
+            self._outputs_pool, self._builder.build, cut.records, decoded, scored, item.trace
+        )
+        if traced:
+            item.stamps["built"] = time.time_ns()
         return scored, deliveries
 
     # -- stage 2: publish and report, strictly in order (one task) ----------------------
@@ -202,6 +220,7 @@ class Pipeline:
                     merged[delivery.source] = Delivery(delivery.source)
                 merged[delivery.source].extend(delivery)
         epoch = current[0].ticket.epoch
+        publish_ns = time.time_ns()
         t0 = time.perf_counter()
         self._delivering = asyncio.get_running_loop().create_task(self._deliverer.deliver(list(merged.values()), epoch))
         try:
@@ -217,10 +236,26 @@ class Pipeline:
             self._ledger.stored(delivery.source, delivery.next_offset, epoch)
         for item, (scored, deliveries) in zip(current, results):
             self._ledger.finished(item.ticket)
-            if not self._ledger.current(item.ticket):
+            stored_ok = self._ledger.current(item.ticket)
+            if item.trace is not None:
+                _end_trace(item, scored, publish_ns, time.time_ns(), stored_ok)
+            if not stored_ok:
                 self._observer.batch_abandoned(item.ticket.events)
                 continue
             self._observer.batch_done(_summary(item, scored, deliveries, publish_s))
+
+
+def _end_trace(item: _InFlight, scored: Scored, publish_ns: int, stored_ns: int, stored: bool) -> None:
+    """The batch's stage spans, from the wall-clock stamps taken along the way."""
+    trace, stamps = item.trace, item.stamps
+    assert trace is not None
+    scoring, scored_at = stamps["scoring"], stamps["scored"]
+    trace.stage("decode", stamps["decode"], stamps["decoded"], records=len(item.cut.records))
+    trace.stage("tokenize", scoring, scoring + int(scored.encode_s * 1e9), texts=len(scored.scores))
+    trace.stage("infer", scored_at - int(scored.infer_s * 1e9), scored_at, model_calls=scored.scores.report.model_calls)
+    trace.stage("outputs", scored_at, stamps["built"])
+    trace.stage("publish", publish_ns, stored_ns)
+    trace.end(stored=stored, end_ns=stored_ns)
 
 
 def _summary(item: _InFlight, scored: Scored, deliveries: Sequence[Delivery], publish_s: float) -> BatchDone:
