@@ -48,6 +48,7 @@ def bench(
     partitions: str = typer.Option("6", "--partitions", help="Partitions of the bench topics; a list (6,24,60) runs noop and limit once per count."),
     guarantees: str = typer.Option("at_least_once", "--guarantees", help="PROCESSING_GUARANTEE of the no-op run; a list runs it once per guarantee."),
     processes: str = typer.Option("1", "--processes", help="WORKER_PROCESSES of the no-op run; a list (1,2) runs it once per count."),
+    tracing: bool = typer.Option(False, "--tracing/--no-tracing", help="Also run the no-op worker with TRACING=true (spans made, then dropped): what tracing costs."),
     ceiling_passes: int = typer.Option(2, "--ceiling-passes", help="Passes of the ceiling run over its batches; the fastest counts."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model directory (default: a random DistilBERT, written once into the cache)."),
     model_size: str = typer.Option("base", "--model-size", help="base (full DistilBERT compute) or tiny, for the default random model."),
@@ -98,7 +99,7 @@ def bench(
         noop_events=noop_events, batch_max_size=batch_max_size, batch_max_wait_ms=batch_max_wait_ms,
         max_batch_tokens=max_batch_tokens, baseline_batch_size=baseline_batch_size, noop_batch_size=noop_batch_size,
         trickle_rate=trickle_rate, trickle_seconds=trickle_seconds, partitions=partition_list,
-        guarantees=guarantee_list, processes=process_list, work=work, out=out_dir, ceiling_passes=1 if quick else ceiling_passes,
+        guarantees=guarantee_list, processes=process_list, tracing=tracing, work=work, out=out_dir, ceiling_passes=1 if quick else ceiling_passes,
     )
     say(f"bench: model {model_dir} ({cfg.model_size}), device {device}, precisions {precision_list}, "
         f"workloads {workload_list}, runs {run_list}; results in {out_dir}")
@@ -138,10 +139,12 @@ def _plan(b: Bench, cfg: Config) -> list[tuple[str, Any]]:
     for count in cfg.partitions:
         for g in cfg.guarantees:
             for n in cfg.processes:
-                if "noop" in runs:
-                    plan.append((f"noop short {g} {count} partitions {n} process(es)",
-                                 lambda count=count, g=g, n=n: b.e2e("short", base, noop=True, partitions=count,
-                                                                    guarantee=g, processes=n)))
+                for traced in (False, True) if cfg.tracing else (False,):
+                    if "noop" in runs:
+                        plan.append((f"noop short {g} {count} partitions {n} process(es)" + (" traced" if traced else ""),
+                                     lambda count=count, g=g, n=n, traced=traced: b.e2e(
+                                         "short", base, noop=True, partitions=count, guarantee=g, processes=n,
+                                         tracing=traced)))
         if "limit" in runs:
             plan.append((f"limit short {count} partitions", lambda count=count: b.limit(count)))
     return plan

@@ -64,8 +64,13 @@ def ratios(results: Sequence[Row], precisions: Sequence[str]) -> dict[str, Any]:
             out[f"e2e_vs_batched_{w}_{p}"] = _ratio(find(results, "e2e", w, p), find(results, "batched", w))
         out[f"batched_vs_naive_{w}"] = _ratio(find(results, "batched", w), find(results, "naive", w))
     for limit in (r for r in results if r["run"] == "limit" and r.get("events_per_s")):
-        noop = find(results, "noop", partitions=limit.get("partitions"), guarantee="at_least_once", processes=1)
+        noop = find(results, "noop", partitions=limit.get("partitions"), guarantee="at_least_once", processes=1,
+                    tracing=False)
         out[f"noop_vs_limit_p{limit.get('partitions')}"] = _ratio(noop, limit)
+    traced = find(results, "noop", guarantee="at_least_once", processes=1, tracing=True)
+    if traced:
+        out["noop_traced_vs_untraced"] = _ratio(traced, find(results, "noop", partitions=traced.get("partitions"),
+                                                             guarantee="at_least_once", processes=1, tracing=False))
     best = fastest(results, "short")
     out["e2e_fastest_vs_naive_short"] = _ratio(find(results, "e2e", "short", best), find(results, "naive", "short")) if best else None
     out["fastest_precision_short"] = best
@@ -99,7 +104,7 @@ def targets(results: Sequence[Row], precisions: Sequence[str]) -> list[dict[str,
     for key, value in r.items():
         if key.startswith("noop_vs_limit_"):
             add(f"no-op worker / plain aiokafka loop ({key.rsplit('_', 1)[1]} partitions)", value, TARGETS["noop_vs_limit"])
-    noop = find(results, "noop", guarantee="at_least_once", processes=1)
+    noop = find(results, "noop", guarantee="at_least_once", processes=1, tracing=False)
     add("no-op worker CPU µs per event (short)", noop.get("cpu_us_per_event") if noop else None,
         TARGETS["noop_cpu_us_per_event_max"], False)
     trickle = next((row for row in results if row["run"] == "trickle" and row.get("p99_ms")), None)
@@ -199,6 +204,7 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
         if row["run"] in ("noop", "limit"):
             label += f" {row.get('partitions')}p" + (" eos" if row.get("guarantee") == "exactly_once" else "")
             label += f" x{row['processes']}" if (row.get("processes") or 1) > 1 else ""
+            label += " traced" if row.get("tracing") else ""
         return label
 
     series: list[str] = []

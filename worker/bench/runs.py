@@ -79,6 +79,7 @@ class Config:
     work: Path
     out: Path
     ceiling_passes: int = 2
+    tracing: bool = False  # also a noop run with TRACING=true (spans made, then dropped)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in ("work", "out")}
@@ -187,29 +188,31 @@ class Bench:
 
     def _start_worker(self, label: str, topic_in: str, topic_out: str, group: str, *, precision: str, noop: bool,
                       batch_max_size: int, partitions: int, guarantee: str = "at_least_once",
-                      processes: int = 1) -> WorkerProcess:
+                      processes: int = 1, tracing: bool = False) -> WorkerProcess:
         env = child_env(
             KAFKA_BOOTSTRAP_SERVERS=self.bootstrap, INPUT_TOPIC=topic_in, OUTPUT_TOPIC=topic_out, GROUP_ID=group,
             MODEL=str(self.cfg.model), DEVICE=self.cfg.device, PRECISION=precision, BATCH_MAX_SIZE=batch_max_size,
             BATCH_MAX_WAIT_MS=self.cfg.batch_max_wait_ms, MAX_BATCH_TOKENS=self.cfg.max_batch_tokens,
             PROCESSING_GUARANTEE=guarantee, WORKER_PROCESSES=processes, WEB_PORT=free_port(), WEB_HOST="127.0.0.1", LOG_FORMAT="json",
             LOG_LEVEL="info", STATS_INTERVAL_S=5, TOPIC_PARTITIONS=partitions, DATA_DIR=self.cfg.work / f"data-{group}",
+            TRACING=str(tracing).lower(), OTEL_TRACES_EXPORTER="none" if tracing else None,
         )
         module = ["-m", "worker.bench.roles", "noop_worker"] if noop else ["-m", "worker", "run"]
         return WorkerProcess([sys.executable, *module], env, log_path=self.cfg.work / f"worker-{label}-{group}.log")
 
     def e2e(self, workload: str, precision: str, *, noop: bool = False, partitions: Optional[int] = None,
-            guarantee: str = "at_least_once", processes: int = 1) -> dict[str, Any]:
+            guarantee: str = "at_least_once", processes: int = 1, tracing: bool = False) -> dict[str, Any]:
         run = "noop" if noop else "e2e"
         n = self.cfg.noop_events if noop else self.cfg.events[workload]
         batch = self.cfg.noop_batch_size if noop else self.cfg.batch_max_size
         count = partitions or self.cfg.partitions[0]
         row: dict[str, Any] = {"run": run, "workload": workload, "precision": None if noop else precision, "events": n,
                                "batch_max_size": batch, "partitions": count, "guarantee": guarantee,
-                               "processes": processes}
+                               "processes": processes, "tracing": tracing}
         topic_in, topic_out, group = self._preload(workload, n, count)
         worker = self._start_worker(run, topic_in, topic_out, group, precision=precision, noop=noop,
-                                    batch_max_size=batch, partitions=count, guarantee=guarantee, processes=processes)
+                                    batch_max_size=batch, partitions=count, guarantee=guarantee, processes=processes,
+                                    tracing=tracing)
         try:
             worker.wait_ready()
             ready_at = time.time()

@@ -10,7 +10,8 @@ least-once commits get a ``sentiment.commit`` span of their own.
 
 Exported with OTLP over HTTP, configured by the standard ``OTEL_*`` variables
 (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_SERVICE_NAME``, ``OTEL_TRACES_SAMPLER``,
-``OTEL_BSP_*``...); ``OTEL_TRACES_EXPORTER=console`` prints spans instead.
+``OTEL_BSP_*``...); ``OTEL_TRACES_EXPORTER=console`` prints spans instead, ``none``
+drops them (what tracing costs the worker itself, for the benchmark).
 Off by default; when off, nothing of OpenTelemetry is imported and the
 pipeline skips every tracing call (one check per batch).
 """
@@ -89,8 +90,16 @@ def _exporter_from_environment() -> Any:
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         return ConsoleSpanExporter()
+    if kind == "none":  # spans are made and dropped: what tracing costs the worker itself
+        from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+        class Discard(SpanExporter):  # type: ignore[misc]
+            def export(self, spans: Any) -> Any:
+                return SpanExportResult.SUCCESS
+
+        return Discard()
     if kind not in ("otlp", ""):
-        raise TracingUnavailable(f"OTEL_TRACES_EXPORTER={kind}: only otlp (OTLP over HTTP) and console are supported")
+        raise TracingUnavailable(f"OTEL_TRACES_EXPORTER={kind}: otlp (OTLP over HTTP), console or none")
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter()
