@@ -39,6 +39,30 @@ def rounded(value: Optional[float]) -> Optional[float]:
     return None if value is None else round(value, 1)
 
 
+class FirstAssignment:
+    """A rebalance listener that notes when (and at what CPU time) partitions were first assigned."""
+
+    def __init__(self) -> None:
+        self.assigned_at: Optional[float] = None
+        self.cpu_at_assign: Optional[float] = None
+
+    def listener(self) -> Any:
+        from aiokafka.abc import ConsumerRebalanceListener
+
+        first = self
+
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                pass
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                if assigned and first.assigned_at is None:
+                    first.assigned_at = time.time()
+                    first.cpu_at_assign = time.process_time()
+
+        return Listener()
+
+
 def self_peak_rss_mib() -> Optional[float]:
     import os
 
@@ -132,7 +156,6 @@ def baseline(argv: list[str]) -> None:
     import orjson
     import torch
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from aiokafka.abc import ConsumerRebalanceListener
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
@@ -143,15 +166,8 @@ def baseline(argv: list[str]) -> None:
                    dtype=torch.float16 if device.type == "cuda" else torch.float32)
     clf("warm up the model")
     tokenizer = clf.tokenizer
-    state: dict[str, Any] = {"assigned_at": None, "real": 0, "padded": 0}
-
-    class Listener(ConsumerRebalanceListener):
-        def on_partitions_revoked(self, revoked: Any) -> None:
-            pass
-
-        def on_partitions_assigned(self, assigned: Any) -> None:
-            if assigned and state["assigned_at"] is None:
-                state["assigned_at"] = time.time()
+    state: dict[str, Any] = {"real": 0, "padded": 0}
+    first = FirstAssignment()
 
     def padding(texts: list[str], chunk: int) -> None:
         lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=512)["input_ids"]]
@@ -163,7 +179,7 @@ def baseline(argv: list[str]) -> None:
     async def main() -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=args.bootstrap, group_id=args.group, auto_offset_reset="earliest",
                                     enable_auto_commit=True, max_poll_records=args.fetch_max)
-        consumer.subscribe([args.input_topic], listener=Listener())
+        consumer.subscribe([args.input_topic], listener=first.listener())
         producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, acks="all", linger_ms=5)
         await consumer.start()
         await producer.start()
@@ -195,7 +211,7 @@ def baseline(argv: list[str]) -> None:
 
     asyncio.run(main())
     Path(args.result).write_text(json.dumps({
-        "assigned_at": state["assigned_at"],
+        "assigned_at": first.assigned_at,
         "padding_efficiency": round(state["real"] / state["padded"], 4) if state["padded"] else None,
         "peak_rss_mib": self_peak_rss_mib(),
     }))
@@ -264,7 +280,6 @@ def limit(argv: list[str]) -> None:
     import numpy as np
     import orjson
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-    from aiokafka.abc import ConsumerRebalanceListener
 
     from worker.kafka.partitioner import KeyPartitioner
     from worker.model.engine import SentimentEngine
@@ -276,25 +291,16 @@ def limit(argv: list[str]) -> None:
     engine = SentimentEngine.load(args.model, device="cpu", max_length=args.max_length)
     labels = engine.info.labels
     model_block = engine.info.as_output()
-    state: dict[str, Any] = {"assigned_at": None, "cpu_at_assign": None}
+    first = FirstAssignment()
     tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
     partitioner = KeyPartitioner()
-
-    class Listener(ConsumerRebalanceListener):
-        def on_partitions_revoked(self, revoked: Any) -> None:
-            pass
-
-        def on_partitions_assigned(self, assigned: Any) -> None:
-            if assigned and state["assigned_at"] is None:
-                state["assigned_at"] = time.time()
-                state["cpu_at_assign"] = time.process_time()
 
     async def main() -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=args.bootstrap, group_id=args.group, auto_offset_reset="earliest",
             enable_auto_commit=False, isolation_level="read_committed", max_poll_records=args.batch_size,
         )
-        consumer.subscribe([args.input_topic], listener=Listener())
+        consumer.subscribe([args.input_topic], listener=first.listener())
         producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, acks="all", enable_idempotence=True,
                                     linger_ms=5, max_batch_size=1 << 20)
         await consumer.start()
@@ -349,9 +355,9 @@ def limit(argv: list[str]) -> None:
             await consumer.stop()
 
     asyncio.run(main())
-    cpu = time.process_time() - state["cpu_at_assign"] if state["cpu_at_assign"] is not None else None
+    cpu = time.process_time() - first.cpu_at_assign if first.cpu_at_assign is not None else None
     Path(args.result).write_text(json.dumps(
-        {"assigned_at": state["assigned_at"], "cpu_seconds": cpu, "peak_rss_mib": self_peak_rss_mib()}
+        {"assigned_at": first.assigned_at, "cpu_seconds": cpu, "peak_rss_mib": self_peak_rss_mib()}
     ))
 
 

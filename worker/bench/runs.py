@@ -235,35 +235,45 @@ class Bench:
 
     def limit(self, partitions: int) -> dict[str, Any]:
         """The plain aiokafka batch loop (``worker.bench.roles.limit``) over the no-op run's input."""
-        import subprocess
-
         n = self.cfg.noop_events
         row: dict[str, Any] = {"run": "limit", "workload": "short", "precision": None, "events": n,
                                "batch_max_size": self.cfg.noop_batch_size, "partitions": partitions,
                                "padding_efficiency": None}  # no model calls to pad
         topic_in, topic_out, group = self._preload("short", n, partitions)
-        result_file = self.cfg.work / f"limit-{group}.json"
         cmd = [sys.executable, "-m", "worker.bench.roles", "limit", "--model", str(self.cfg.model),
                "--bootstrap", self.bootstrap, "--input-topic", topic_in, "--output-topic", topic_out, "--group", group,
-               "--events", str(n), "--batch-size", str(self.cfg.noop_batch_size), "--result", str(result_file)]
-        log_path = self.cfg.work / f"limit-{group}.log"
+               "--events", str(n), "--batch-size", str(self.cfg.noop_batch_size)]
+        child = self._role(cmd, f"limit-{group}", topic_out, n, "limit short", row)
+        if child is not None:
+            row["peak_rss_mib"] = child.get("peak_rss_mib")
+            cpu = child.get("cpu_seconds")
+            row["cpu_us_per_event"] = round(cpu / n * 1e6, 1) if cpu else None
+        return self._record(row)
+
+    def _role(self, cmd: list[str], name: str, topic_out: str, n: int, label: str, row: dict[str, Any],
+              idle_timeout_s: float = 300) -> Optional[dict[str, Any]]:
+        """Run a scoring subprocess of ``worker.bench.roles`` (it writes a result file), read its outputs;
+        its throughput goes into ``row``, its result file's content is returned (None on an error)."""
+        import subprocess
+
+        result_file = self.cfg.work / f"{name}.json"
+        log_path = self.cfg.work / f"{name}.log"
         with log_path.open("wb") as log:
-            proc = subprocess.Popen(cmd, env=child_env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen([*cmd, "--result", str(result_file)], env=child_env(), cwd=REPO, stdout=log,
+                                    stderr=subprocess.STDOUT)
             try:
-                out = self._read_outputs(topic_out, n, "limit short", lambda: proc.poll() in (None, 0))
+                out = self._read_outputs(topic_out, n, label, lambda: proc.poll() in (None, 0), idle_timeout_s)
                 proc.wait(timeout=120)
-                child = json.loads(result_file.read_text())
+                child: dict[str, Any] = json.loads(result_file.read_text())
                 row.update(_throughput(n, child["assigned_at"], out))
-                row["peak_rss_mib"] = child.get("peak_rss_mib")
-                cpu = child.get("cpu_seconds")
-                row["cpu_us_per_event"] = round(cpu / n * 1e6, 1) if cpu else None
-            except Exception as exc:  # noqa: BLE001
+                return child
+            except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
                 row["error"] = f"{exc}\n{log_path.read_text(errors='replace')[-1500:]}"
+                return None
             finally:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-        return self._record(row)
 
     def trickle(self, precision: str) -> dict[str, Any]:
         rate, seconds = self.cfg.trickle_rate, self.cfg.trickle_seconds
@@ -319,36 +329,21 @@ class Bench:
     # -- the baselines -----------------------------------------------------------------
 
     def baseline(self, workload: str, mode: str) -> dict[str, Any]:
-        import subprocess
-
         n = self.cfg.baseline_events[workload]
         row: dict[str, Any] = {"run": mode, "workload": workload, "precision": "fp32", "events": n}
         if mode == "batched":
             row["pipeline_batch_size"] = self.cfg.baseline_batch_size
         topic_in, topic_out, group = self._preload(workload, n)
-        result_file = self.cfg.work / f"baseline-{group}.json"
         cmd = [
             sys.executable, "-m", "worker.bench.roles", "baseline", "--mode", mode, "--model", str(self.cfg.model),
             "--bootstrap", self.bootstrap, "--input-topic", topic_in, "--output-topic", topic_out, "--group", group,
             "--events", str(n), "--batch-size", str(self.cfg.baseline_batch_size), "--device", self.cfg.device,
-            "--fetch-max", str(self.cfg.batch_max_size), "--result", str(result_file),
+            "--fetch-max", str(self.cfg.batch_max_size),
         ]
-        log_path = self.cfg.work / f"baseline-{group}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(cmd, env=child_env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                out = self._read_outputs(topic_out, n, f"{mode} {workload}", lambda: proc.poll() in (None, 0), 600)
-                proc.wait(timeout=120)
-                child = json.loads(result_file.read_text())
-                row.update(_throughput(n, child["assigned_at"], out))
-                row["padding_efficiency"] = child.get("padding_efficiency")
-                row["peak_rss_mib"] = child.get("peak_rss_mib")
-            except Exception as exc:  # noqa: BLE001
-                row["error"] = f"{exc}\n{log_path.read_text(errors='replace')[-1500:]}"
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        child = self._role(cmd, f"baseline-{group}", topic_out, n, f"{mode} {workload}", row, idle_timeout_s=600)
+        if child is not None:
+            row["padding_efficiency"] = child.get("padding_efficiency")
+            row["peak_rss_mib"] = child.get("peak_rss_mib")
         return self._record(row)
 
     # -- soak ----------------------------------------------------------------------------
