@@ -13,10 +13,12 @@ import functools
 import inspect
 import sys
 import time
+import types
+import typing
 from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import orjson
 import typer
@@ -67,24 +69,22 @@ def load_settings(overrides: dict[str, Any]) -> Settings:
 
 
 def with_settings(fields: Optional[Iterable[str]] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Give a command one ``--flag`` per setting (all, or ``fields``) and a ``settings`` argument."""
+    """Give a command one ``--flag`` per setting (all, or ``fields``) and a ``settings`` argument.
+
+    Each flag has its setting's type (``<int>``, ``<float>``, ``<path>``, an enum's choices;
+    booleans are ``--x/--no-x``) and is None unless given, so the env var applies unless
+    the flag is on the command line. Bounds (``ge=1``...) are left to pydantic, so a value out
+    of range is reported like a bad env var: "invalid settings" and the setting's NAME.
+    """
     names = list(fields) if fields is not None else list(Settings.model_fields)
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         own = [p for p in inspect.signature(fn).parameters.values() if p.name != "settings"]
-        flags = []
-        for name in names:
-            info = Settings.model_fields[name]
-            help_text = f"{info.description or ''} (env {name.upper()}, default {_show(info.default)})"
-            flags.append(
-                inspect.Parameter(
-                    name,
-                    inspect.Parameter.KEYWORD_ONLY,
-                    default=typer.Option(None, "--" + name.replace("_", "-"), help=help_text, show_default=False,
-                                         rich_help_panel="Settings"),
-                    annotation=Optional[str],
-                )
-            )
+        flags = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_flag_option(name),
+                              annotation=Optional[flag_type(name)])
+            for name in names
+        ]
 
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
@@ -99,8 +99,118 @@ def with_settings(fields: Optional[Iterable[str]] = None) -> Callable[[Callable[
     return decorate
 
 
+def flag_type(name: str) -> type:
+    """The type of a setting's flag: the field's own (Optional unwrapped); secrets are plain text."""
+    annotation = Settings.model_fields[name].annotation
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation in (bool, int, float, Path) or (isinstance(annotation, type) and issubclass(annotation, Enum)):
+        return annotation  # type: ignore[return-value]
+    return str
+
+
+def flag_names(name: str) -> str:
+    """``--create-topics/--no-create-topics`` for a boolean setting, ``--batch-max-size`` otherwise."""
+    flag = name.replace("_", "-")
+    return f"--{flag}/--no-{flag}" if flag_type(name) is bool else f"--{flag}"
+
+
+def _flag_option(name: str) -> Any:
+    info = Settings.model_fields[name]
+    bounds = ", ".join(_bound(m) for m in info.metadata if _bound(m))
+    help_text = (
+        f"{info.description or ''} (env {name.upper()}, default {_show(info.default)}"
+        f"{', ' + bounds if bounds else ''})"
+    )
+    return typer.Option(None, flag_names(name), help=help_text, show_default=False, rich_help_panel="Settings")
+
+
+def _bound(constraint: Any) -> str:
+    for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if getattr(constraint, attr, None) is not None:
+            return f"{sign} {getattr(constraint, attr)}"
+    return ""
+
+
 def _show(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
     return value.value if isinstance(value, Enum) else str(value)
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def legacy_bool_flags(argv: list[str]) -> list[str]:
+    """Rewrite the old spelling of boolean settings (``--create-topics false``) as ``--no-create-topics``.
+
+    Boolean settings used to take a value; scripts written then keep working (and ``produce``
+    does not take a stray ``false`` for a text to send).
+    """
+    flags = {"--" + n.replace("_", "-") for n in Settings.model_fields if flag_type(n) is bool}
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            out.extend(argv[i:])
+            break
+        flag, eq, value = arg.partition("=")
+        if flag in flags and not eq and i + 1 < len(argv) and argv[i + 1].lower() in _TRUE | _FALSE:
+            value, i = argv[i + 1], i + 1
+            eq = "="
+        if flag in flags and eq and value.lower() in _TRUE | _FALSE:
+            arg = flag if value.lower() in _TRUE else "--no-" + flag[2:]
+        out.append(arg)
+        i += 1
+    return out
+
+
+# ----------------------------------------------------------------------- version
+
+VERSIONED = ("python", "torch", "transformers", "faust-streaming", "aiokafka")
+
+
+def versions() -> list[tuple[str, str]]:
+    """This package's version and its main libraries' (from their metadata: nothing is imported)."""
+    import platform
+    from importlib import metadata
+
+    def of(dist: str) -> str:
+        if dist == "python":
+            return platform.python_version()
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    try:
+        own = metadata.version("sentiment-worker")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        from worker import __version__ as own
+    return [("sentiment-worker", own), *((dist, of(dist)) for dist in VERSIONED)]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        name, own = versions()[0]
+        typer.echo(f"{name} {own}")
+        for dist, version in versions()[1:]:
+            typer.echo(f"  {dist} {version}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version,
+        help="Print the version (and those of python, torch, transformers, faust, aiokafka) and exit.",
+    ),
+) -> None:
+    pass
 
 
 # --------------------------------------------------------------------------- run
@@ -345,7 +455,7 @@ def check(settings: Settings) -> None:
 
 def main() -> None:
     tune_malloc()  # first, before any thread allocates: see worker.ops.memory
-    app()
+    app(args=legacy_bool_flags(sys.argv[1:]))
 
 
 if __name__ == "__main__":
