@@ -13,15 +13,20 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 import uuid
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
-from tests.kafka_helpers import end_offsets
+from tests.kafka_helpers import consume_all, create_topic, end_offsets, kcat_produce, produce
 from worker.cli import legacy_bool_flags
+from worker.pipeline.codec import InputRecord, encode_input
+from worker.tools.kafka_io import parse_start
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "worker"]
@@ -138,3 +143,204 @@ async def test_boolean_flags_negate_and_win_over_env(env: dict[str, str], bootst
     assert f"produced 1 record(s) to {created}" in proc.stderr
     assert await end_offsets(bootstrap, created) == {0: 1}
     assert await end_offsets(bootstrap, refused) == {}
+
+
+# ----------------------------------------------------------------------------- produce
+
+
+def test_produce_help(base_env: dict[str, str]) -> None:
+    text = ok(cli(["produce", "--help"], base_env, timeout=30)).stdout
+    for flag in ("--key", "--header", "--partition", "--key-separator", "--null-empty", "--format", "--file"):
+        assert flag in text
+    assert "<int>" in _help_row(text, "--partition")
+
+
+async def test_produce_key_headers_and_partition(env: dict[str, str], bootstrap: str) -> None:
+    topic = fresh("in")
+    await create_topic(bootstrap, topic, 3)
+    args = ["produce", "--input-topic", topic, "--key", "K-1", "-H", "trace=abc", "--header", "eq=a=b", "-H", "empty=",
+            "--partition", "2", "I loved it", "ünïcödé ✓"]
+    proc = ok(await acli(args, env))
+    assert f"produced 2 record(s) to {topic} (partition 2: 2)" in proc.stderr
+    received = sorted(await consume_all(bootstrap, topic, expected=2, timeout_s=30, settle_s=0.3), key=lambda r: r.offset)
+    assert [(r.partition, r.key, r.value) for r in received] == [
+        (2, b"K-1", encode_input(InputRecord(text="I loved it"))),
+        (2, b"K-1", encode_input(InputRecord(text="ünïcödé ✓"))),
+    ]
+    for record in received:
+        assert record.headers == (("trace", b"abc"), ("eq", b"a=b"), ("empty", b""))
+
+
+async def test_produce_key_separator_and_null_empty(env: dict[str, str], bootstrap: str) -> None:
+    plain, nulls, jsonl = fresh("in"), fresh("in"), fresh("in")
+    for topic in (plain, nulls, jsonl):
+        await create_topic(bootstrap, topic, 1)
+    lines = "k1:v1\nno separator\nk2:\n:v3\nk4:a:b\n"
+    ok(await acli(["produce", "--input-topic", plain, "--format", "raw", "--key-separator", ":"], env, stdin=lines))
+    proc = ok(await acli(["produce", "--input-topic", nulls, "--format", "raw", "-K", ":", "--null-empty"], env, stdin=lines))
+    assert f"produced 5 record(s) to {nulls}" in proc.stderr
+    # jsonl: the key before the separator wins over the "id"; text: the part after it is the text.
+    ok(await acli(["produce", "--input-topic", jsonl, "--format", "jsonl", "-K", "\t"], env,
+                  stdin='sep-key\t{"text": "a", "id": "id-a"}\n{"text": "b", "id": "id-b"}\n'))
+    ok(await acli(["produce", "--input-topic", jsonl, "-K", "|", "k|some text"], env))
+
+    async def read(topic: str, n: int) -> list[tuple]:
+        got = await consume_all(bootstrap, topic, expected=n, timeout_s=30, settle_s=0.3)
+        return [(r.key, r.value) for r in sorted(got, key=lambda r: r.offset)]
+
+    assert await read(plain, 5) == [
+        (b"k1", b"v1"), (None, b"no separator"), (b"k2", b""), (b"", b"v3"), (b"k4", b"a:b")
+    ]
+    assert await read(nulls, 5) == [
+        (b"k1", b"v1"), (None, b"no separator"), (b"k2", None), (None, b"v3"), (b"k4", b"a:b")
+    ]
+    assert await read(jsonl, 3) == [
+        (b"sep-key", b'{"text": "a", "id": "id-a"}'),
+        (b"id-b", b'{"text": "b", "id": "id-b"}'),
+        (b"k", encode_input(InputRecord(text="some text"))),
+    ]
+
+
+async def test_produce_refuses_what_it_cannot_send(env: dict[str, str], bootstrap: str) -> None:
+    topic = fresh("in")
+    await create_topic(bootstrap, topic, 2)
+    proc = await acli(["produce", "--input-topic", topic, "--partition", "5", "x"], env)
+    assert proc.returncode == 2 and f"topic {topic} has partitions 0..1; no partition 5" in proc.stderr, proc.stderr
+    proc = await acli(["produce", "--input-topic", topic, "-H", "no-equals-sign", "x"], env)
+    assert proc.returncode == 2 and "'no-equals-sign' is not name=value" in proc.stderr, proc.stderr
+    # ":" with -K : -Z is neither key nor value: left out and said so, the rest is sent, exit 1.
+    proc = await acli(["produce", "--input-topic", topic, "--format", "raw", "-K", ":", "-Z", "-p", "0"], env,
+                      stdin=":\nk:v\n")
+    assert proc.returncode == 1, proc.stderr
+    assert "skipped line 1: neither key nor value" in proc.stderr
+    assert f"produced 1 record(s) to {topic} (partition 0: 1); skipped 1" in proc.stderr
+    assert await end_offsets(bootstrap, topic) == {0: 1, 1: 0}
+
+
+# ----------------------------------------------------------------------------- tail
+
+
+def test_tail_help(base_env: dict[str, str]) -> None:
+    text = ok(cli(["tail", "--help"], base_env, timeout=30)).stdout
+    for flag in ("--topic", "--partition", "--offset", "--exit-at-end", "--compact", "--from-beginning", "--since-ms"):
+        assert flag in text
+    assert "<auto|pretty|json|value>" in _help_row(text, "--format")
+
+
+def test_start_positions() -> None:
+    assert (parse_start("beginning").kind, parse_start("end").kind) == ("beginning", "end")
+    assert (parse_start("17").kind, parse_start("17").value) == ("offset", 17)
+    assert (parse_start("-3").kind, parse_start("-3").value) == ("from_end", 3)
+    assert parse_start("@1700000000000").value == parse_start("s@1700000000000").value == 1_700_000_000_000
+    assert parse_start("2023-11-14T22:13:20Z").value == 1_700_000_000_000
+    assert parse_start("2023-11-14T23:13:20+01:00").value == 1_700_000_000_000
+    with pytest.raises(ValueError, match="not a start position"):
+        parse_start("yesterday")
+
+
+
+async def _producer_with_timestamps(bootstrap: str, topic: str, records: list[tuple]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, value, key=key, partition=partition, timestamp_ms=ts, headers=headers)
+            for partition, key, value, ts, headers in records
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def test_tail_shows_metadata_of_records_from_other_clients(env: dict[str, str], bootstrap: str) -> None:
+    topic = fresh("t")
+    await create_topic(bootstrap, topic, 2)
+    # kcat: partition 1, keys, a header, a JSON value, a tombstone (-Z: empty value is NULL).
+    kcat_produce(bootstrap, topic, ['k1:{"label": "POSITIVE"}', "k2:plain text", "k3:"], partition=1,
+                 headers=["source=kcat", "h2=ü"])
+    # aiokafka: partition 0, a key and a value that are not UTF-8, a JSON string.
+    await produce(bootstrap, topic, [(b"\xff\xfe", b"\xc3\x28binary"), (None, b'"just a string"')], partition=0)
+    expected = {(r.partition, r.offset): r for r in await consume_all(bootstrap, topic, expected=5, timeout_s=30, settle_s=0.3)}
+
+    docs = json_lines(ok(await acli(["tail", "--topic", topic, "--offset", "beginning", "--exit-at-end"], env)).stdout)
+    assert sorted((d["partition"], d["offset"]) for d in docs) == sorted(expected)
+    by_place = {(d["partition"], d["offset"]): d for d in docs}
+    for place, record in expected.items():
+        doc = by_place[place]
+        assert doc["topic"] == topic
+        assert doc["timestamp"] == record.timestamp_ms and doc["timestamp_type"] == "create"
+    assert by_place[(1, 0)]["key"] == "k1"
+    assert by_place[(1, 0)]["headers"] == [{"key": "source", "value": "kcat"}, {"key": "h2", "value": "ü"}]
+    assert (by_place[(1, 0)]["value"], by_place[(1, 0)]["value_format"]) == ({"label": "POSITIVE"}, "json")
+    assert (by_place[(1, 1)]["value"], by_place[(1, 1)]["value_format"]) == ("plain text", "text")
+    assert (by_place[(1, 2)]["key"], by_place[(1, 2)]["value"], by_place[(1, 2)]["value_format"]) == ("k3", None, "null")
+    assert by_place[(0, 0)]["key_base64"] == "//4=" and "key" not in by_place[(0, 0)]
+    assert (by_place[(0, 0)]["value"], by_place[(0, 0)]["value_format"]) == ("wyhiaW5hcnk=", "base64")
+    assert (by_place[(0, 1)]["key"], by_place[(0, 1)]["value"], by_place[(0, 1)]["headers"]) == (None, "just a string", [])
+
+    # One partition from an offset; the last record of each partition; a count.
+    docs = json_lines(ok(await acli(["tail", "-t", topic, "-p", "1", "-o", "1", "-e"], env)).stdout)
+    assert [(d["partition"], d["offset"]) for d in docs] == [(1, 1), (1, 2)]
+    docs = json_lines(ok(await acli(["tail", "-t", topic, "-o", "-1", "-e"], env)).stdout)
+    assert sorted((d["partition"], d["offset"]) for d in docs) == [(0, 1), (1, 2)]
+    docs = json_lines(ok(await acli(["tail", "-t", topic, "-p", "1", "--from-beginning", "-n", "2"], env)).stdout)
+    assert [(d["partition"], d["offset"]) for d in docs] == [(1, 0), (1, 1)]
+
+    # For a person: a metadata line, then the value.
+    text = ok(await acli(["tail", "-t", topic, "-p", "1", "-o", "beginning", "-e", "--format", "pretty"], env)).stdout
+    stamp = datetime.fromtimestamp(expected[(1, 0)].timestamp_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    first = text.splitlines()[0]
+    assert first.startswith(f"{topic} p1 @0 {stamp}") and 'key="k1"' in first and "headers[source=kcat, h2=ü]" in first
+    assert '"label": "POSITIVE"' in text and "(null value: a tombstone)" in text
+    compact = ok(await acli(["tail", "-t", topic, "-p", "1", "-o", "beginning", "-e", "--format", "pretty", "--compact"],
+                            env)).stdout.splitlines()
+    assert len(compact) == 3 and compact[0].endswith('{"label":"POSITIVE"}')
+    # The value alone (what tail printed before it showed metadata): tombstones have none.
+    values = ok(await acli(["tail", "-t", topic, "-p", "1", "-o", "beginning", "-e", "--format", "value"], env)).stdout
+    assert values.splitlines() == ['{"label":"POSITIVE"}', "plain text"]
+
+
+async def test_tail_starts_at_a_time(env: dict[str, str], bootstrap: str) -> None:
+    topic = fresh("t")
+    await create_topic(bootstrap, topic, 2)
+    now = int(time.time() * 1000)
+    stamps = [now - 300_000, now - 200_000, now - 100_000]
+    await _producer_with_timestamps(bootstrap, topic, [
+        (0, b"a", b"old", stamps[0], []), (0, b"b", b"middle", stamps[1], []), (0, b"c", b"new", stamps[2], []),
+        (1, b"d", b"other", stamps[0], [("x", b"1")]),
+    ])
+    iso = datetime.fromtimestamp(stamps[1] / 1000, tz=timezone.utc).isoformat()
+    for start in (["--offset", f"@{stamps[1]}"], ["--offset", iso], ["--since-ms", str(stamps[1])]):
+        docs = json_lines(ok(await acli(["tail", "-t", topic, *start, "-e"], env)).stdout)
+        assert [(d["partition"], d["offset"], d["value"]) for d in docs] == [(0, 1, "middle"), (0, 2, "new")], start
+    docs = json_lines(ok(await acli(["tail", "-t", topic, "-o", f"@{now}", "-e"], env)).stdout)
+    assert docs == []
+
+
+async def test_tail_follows_new_records_and_says_when_too_few_came(env: dict[str, str], bootstrap: str) -> None:
+    topic = fresh("t")
+    await create_topic(bootstrap, topic, 1)
+    await produce(bootstrap, topic, [(b"k", b"before")])
+    # Offset 1 does not exist yet: tail waits for it, whether it starts before or after the send.
+    follower = asyncio.create_task(acli(["tail", "-t", topic, "-o", "1", "-n", "1", "--timeout", "60"], env))
+    await produce(bootstrap, topic, [(b"k", b"after")])
+    docs = json_lines(ok(await follower).stdout)
+    assert [(d["offset"], d["value"]) for d in docs] == [(1, "after")]
+
+    proc = await acli(["tail", "-t", topic, "-o", "beginning", "-e", "-n", "5"], env)
+    assert proc.returncode == 1 and "only 2 of 5 record(s) arrived before the end" in proc.stderr, proc.stderr
+    proc = await acli(["tail", "-t", topic, "-o", "end", "-n", "1", "--timeout", "1"], env)
+    assert proc.returncode == 1 and "only 0 of 1 record(s) arrived before the timeout" in proc.stderr
+
+
+async def test_tail_refuses_missing_topic_partition_and_bad_offset(env: dict[str, str], bootstrap: str) -> None:
+    topic = fresh("t")
+    await create_topic(bootstrap, topic, 2)
+    proc = await acli(["tail", "-t", fresh("missing"), "-e"], env)
+    assert proc.returncode == 2 and "do not exist" in proc.stderr, proc.stderr
+    proc = await acli(["tail", "-t", topic, "-p", "0", "-p", "2", "-e"], env)
+    assert proc.returncode == 2 and "no partition 2" in proc.stderr, proc.stderr
+    proc = await acli(["tail", "-t", topic, "-o", "yesterday", "-e"], env)
+    assert proc.returncode == 2 and "not a start position" in proc.stderr, proc.stderr
+    proc = await acli(["tail", "-t", topic, "-o", "end", "--from-beginning", "-e"], env)
+    assert proc.returncode == 2 and "give one of" in proc.stderr, proc.stderr

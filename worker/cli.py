@@ -8,19 +8,17 @@ in step.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
 import sys
 import time
 import types
 import typing
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import orjson
 import typer
 from pydantic import ValidationError
 
@@ -28,6 +26,9 @@ from worker.bench import bench
 from worker.ops import logs
 from worker.ops.memory import tune_malloc
 from worker.settings import Settings
+from worker.tools.kafka_io import BEGINNING, END, OFFSET_HELP, StartAt, ToolError, parse_start
+from worker.tools.produce import ProduceFormat
+from worker.tools.tail import TailFormat
 
 app = typer.Typer(
     help="Streaming sentiment classification on Kafka.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -233,87 +234,64 @@ def run(settings: Settings) -> None:
 # ----------------------------------------------------------------------- produce
 
 
-def _lines(texts: list[str], file: Optional[Path]) -> Iterator[str]:
-    yield from texts
-    if file is None and texts:
-        return
-    source = contextlib.nullcontext(sys.stdin) if file is None or str(file) == "-" else file.open(encoding="utf-8")
-    with source as stream:
-        for line in stream:
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield line
-
-
-class ProduceFormat(str, Enum):
-    text = "text"  # each line/argument becomes {"text": ...}
-    jsonl = "jsonl"  # each line is a JSON object, sent unchanged
-    raw = "raw"  # each line is sent as-is (for INPUT_FORMAT=text)
-
-
 @app.command()
 @with_settings([*KAFKA_FIELDS, "input_topic", "create_topics", "topic_partitions", "topic_replication_factor"])
 def produce(
     settings: Settings,
-    texts: list[str] = typer.Argument(None, help="Texts to send; none: read lines from --file or stdin."),
+    texts: Optional[list[str]] = typer.Argument(None, help="Texts to send; none: read lines from --file or stdin."),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read lines from this file ('-' for stdin)."),
-    fmt: ProduceFormat = typer.Option(ProduceFormat.text, "--format", help="text, jsonl or raw."),
+    fmt: ProduceFormat = typer.Option(
+        ProduceFormat.text, "--format",
+        help='text: each line becomes {"text": line}; jsonl: JSON objects sent as they are (key: their "id"); '
+        "raw: lines sent as they are (INPUT_FORMAT=text).",
+    ),
+    key: Optional[str] = typer.Option(
+        None, "--key", "-k", help="Key of every record (wins over the id field and --key-separator)."
+    ),
+    key_separator: Optional[str] = typer.Option(
+        None, "--key-separator", "-K",
+        help="Each line is KEY<SEP>VALUE, split at the first SEP (kcat -K); a line without SEP has no key.",
+    ),
+    headers: Optional[list[str]] = typer.Option(
+        None, "--header", "-H", help="A header name=value on every record; repeat for more."
+    ),
+    partition: Optional[int] = typer.Option(
+        None, "--partition", "-p", help="Send every record to this partition (default: by key, as Kafka does)."
+    ),
+    null_empty: bool = typer.Option(
+        False, "--null-empty", "-Z",
+        help="Send an empty key or value as null (kcat -Z): with --key-separator, 'k:' is a tombstone for k.",
+    ),
 ) -> None:
     """Send texts to the input topic (one record per argument or line)."""
-    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
 
-    from worker.pipeline.codec import InputRecord, encode_input
-    from worker.kafka.security import aiokafka_options
-    from worker.kafka.topics import KafkaSetupError, ensure_topics
+    from worker.kafka.errors import describe
+    from worker.kafka.topics import KafkaSetupError
+    from worker.tools import produce as tool
 
     logs.configure(settings.log_level, settings.log_format.value)
-
-    def records() -> Iterator[tuple[Optional[bytes], bytes]]:
-        for line in _lines(texts or [], file):
-            if fmt is ProduceFormat.text:
-                yield None, encode_input(InputRecord(text=line))
-            elif fmt is ProduceFormat.raw:
-                yield None, line.encode("utf-8")
-            else:
-                key = None
-                try:
-                    doc = orjson.loads(line)
-                    if isinstance(doc, dict) and isinstance(doc.get("id"), str):
-                        key = doc["id"].encode("utf-8")
-                except orjson.JSONDecodeError:
-                    pass  # sent anyway: the worker decides what is bad input
-                yield key, line.encode("utf-8")
-
-    async def send() -> int:
-        await ensure_topics(
-            settings.kafka_bootstrap_servers,
-            [settings.input_topic],
-            create=settings.create_topics,
-            partitions=settings.topic_partitions,
-            replication_factor=settings.topic_replication_factor,
-            timeout_s=settings.kafka_timeout_s,
-            options=aiokafka_options(settings),
-        )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            **aiokafka_options(settings),
-        )
-        await producer.start()
-        try:
-            futures = [await producer.send(settings.input_topic, value, key=key) for key, value in records()]
-            await asyncio.gather(*futures)
-            return len(futures)
-        finally:
-            await producer.stop()
-
     try:
-        count = asyncio.run(send())
-    except KafkaSetupError as exc:
+        parsed_headers = tuple(tool.parse_header(h) for h in headers or ())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--header'") from None
+    if key_separator == "":
+        raise typer.BadParameter("must not be empty", param_hint="'--key-separator'")
+    opts = tool.ProduceOptions(fmt=fmt, key=key, key_separator=key_separator, null_empty=null_empty,
+                               headers=parsed_headers, partition=partition)
+    try:
+        result = asyncio.run(tool.produce(settings, tool.lines(texts or [], file), opts))
+    except (KafkaSetupError, ToolError) as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"produced {count} record(s) to {settings.input_topic}", err=True)
+    except KafkaError as exc:
+        typer.secho(f"error: a send failed ({describe(exc)}); records before it may have been written",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    for why in result.skipped:
+        typer.echo(f"skipped {why}", err=True)
+    typer.echo(result.summary(), err=True)
+    if result.skipped:
+        raise typer.Exit(1)
 
 
 # -------------------------------------------------------------------------- tail
@@ -323,87 +301,59 @@ def produce(
 @with_settings([*KAFKA_FIELDS, "output_topic"])
 def tail(
     settings: Settings,
+    topic: Optional[str] = typer.Option(
+        None, "--topic", "-t", help="Topic to read (default: OUTPUT_TOPIC); e.g. the dead-letter topic <INPUT_TOPIC>-dlt."
+    ),
+    partitions: Optional[list[int]] = typer.Option(
+        None, "--partition", "-p", help="Read only this partition; repeat for more (default: all)."
+    ),
+    offset: Optional[str] = typer.Option(
+        None, "--offset", "-o", help=f"Where to start in each partition: {OFFSET_HELP} Default: end (new records)."
+    ),
     count: Optional[int] = typer.Option(None, "--count", "-n", help="Stop after this many records."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after this many idle seconds."),
-    from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest record."),
-    since_ms: Optional[int] = typer.Option(None, "--since-ms", help="Start at records newer than this epoch ms."),
-    compact: bool = typer.Option(False, "--compact", help="One JSON object per line."),
+    exit_at_end: bool = typer.Option(
+        False, "--exit-at-end", "-e", help="Stop at the end the partitions had when tail started (kcat -e)."
+    ),
+    fmt: TailFormat = typer.Option(
+        TailFormat.auto, "--format",
+        help="pretty: metadata line then the value; json: one object per record with partition, offset, timestamp, "
+        "key, headers and value; value: the value alone; auto: pretty on a terminal, json otherwise.",
+    ),
+    compact: bool = typer.Option(False, "--compact", help="One line per record (pretty and value formats)."),
+    from_beginning: bool = typer.Option(False, "--from-beginning", help="Same as --offset beginning."),
+    since_ms: Optional[int] = typer.Option(None, "--since-ms", help="Same as --offset @MS: records from this epoch ms on."),
 ) -> None:
-    """Print scored events from the output topic (read_committed)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    """Print records of the output topic (or --topic) with partition, offset, timestamp, key and headers (read_committed)."""
+    from worker.kafka.topics import KafkaSetupError
+    from worker.tools import tail as tool
 
-    from worker.kafka.security import aiokafka_options
-    from worker.kafka.topics import KafkaSetupError, ensure_topics
-
-    async def consume() -> int:
-        counts = await ensure_topics(
-            settings.kafka_bootstrap_servers,
-            [settings.output_topic],
-            create=False,
-            partitions=1,
-            replication_factor=1,
-            timeout_s=settings.kafka_timeout_s,
-            options=aiokafka_options(settings),
-        )
-        consumer = AIOKafkaConsumer(
-            **aiokafka_options(settings),
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest" if from_beginning else "latest",
-        )
-        await consumer.start()
-        seen = 0
-        try:
-            tps = [TopicPartition(settings.output_topic, p) for p in range(counts.partitions[settings.output_topic])]
-            consumer.assign(tps)
-            if since_ms is not None:
-                found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
-                ends = await consumer.end_offsets(tps)
-                for tp in tps:
-                    consumer.seek(tp, found[tp].offset if found[tp] is not None else ends[tp])
-            elif from_beginning:
-                await consumer.seek_to_beginning(*tps)
-            else:
-                await consumer.seek_to_end(*tps)
-            while count is None or seen < count:
-                batch = await consumer.getmany(timeout_ms=int((timeout or 3600) * 1000))
-                if not batch:
-                    break
-                for records in batch.values():
-                    for record in records:
-                        _print_event(record.value, compact)
-                        seen += 1
-                        if count is not None and seen >= count:
-                            return seen
-            return seen
-        finally:
-            await consumer.stop()
-
+    if (offset is not None) + (since_ms is not None) + from_beginning > 1:
+        raise typer.BadParameter("give one of --offset, --from-beginning and --since-ms", param_hint="'--offset'")
+    start = END
+    if offset is not None:
+        start = _start(offset)
+    elif from_beginning:
+        start = BEGINNING
+    elif since_ms is not None:
+        start = StartAt("time", since_ms)
+    opts = tool.TailOptions(topic=topic or settings.output_topic, partitions=partitions or (), start=start,
+                            count=count, idle_timeout_s=timeout, until_end=exit_at_end, fmt=fmt, compact=compact)
     try:
-        seen = asyncio.run(consume())
-    except KafkaSetupError as exc:
+        seen = asyncio.run(tool.tail(settings, opts))
+    except (KafkaSetupError, ToolError) as exc:
         raise _fail(str(exc)) from None
     if count is not None and seen < count:
-        typer.echo(f"only {seen} of {count} record(s) arrived before the timeout", err=True)
+        why = "the end" if exit_at_end else "the timeout"
+        typer.echo(f"only {seen} of {count} record(s) arrived before {why}", err=True)
         raise typer.Exit(1)
 
 
-def _print_event(value: Optional[bytes], compact: bool) -> None:
-    if value is None:
-        return
+def _start(text: str) -> StartAt:
     try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        typer.echo(value.decode("utf-8", "replace"))
-        return
-    if compact or not sys.stdout.isatty():
-        sys.stdout.write(orjson.dumps(doc).decode() + "\n")
-    else:
-        from rich import print_json
-
-        print_json(data=doc)
-    sys.stdout.flush()
+        return parse_start(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--offset'") from None
 
 
 # ------------------------------------------------------------------------- model

@@ -1,0 +1,1 @@
+"""What the ``produce`` and ``tail`` commands do; ``worker.cli`` only parses their flags."""
