@@ -25,8 +25,11 @@ from aiokafka import AIOKafkaProducer
 
 from tests.kafka_helpers import consume_all, create_topic, end_offsets, kcat_produce, produce
 from worker.cli import legacy_bool_flags
+from worker.kafka.publisher import Outbound
 from worker.pipeline.codec import InputRecord, encode_input
+from worker.pipeline.dead_letter import KEY_NULL_HEADER, REASON_HEADER, dead_letter, without_value
 from worker.tools.kafka_io import parse_start
+from worker.tools.replay import REPLAYED_FROM_HEADER
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "worker"]
@@ -344,3 +347,102 @@ async def test_tail_refuses_missing_topic_partition_and_bad_offset(env: dict[str
     assert proc.returncode == 2 and "not a start position" in proc.stderr, proc.stderr
     proc = await acli(["tail", "-t", topic, "-o", "end", "--from-beginning", "-e"], env)
     assert proc.returncode == 2 and "give one of" in proc.stderr, proc.stderr
+
+
+# ----------------------------------------------------------------------------- dlt replay
+
+
+def test_dlt_replay_help(base_env: dict[str, str]) -> None:
+    text = ok(cli(["dlt", "replay", "--help"], base_env, timeout=30)).stdout
+    for flag in ("--reason", "--dry-run", "--count", "--offset", "--partition", "--input-topic", "--dead-letter-topic"):
+        assert flag in text
+    assert "--output-topic" not in text
+
+
+def _headers(record: object) -> dict[str, str]:
+    return {k: v.decode() for k, v in record.headers}  # type: ignore[attr-defined]
+
+
+async def test_dlt_replay_with_a_worker(env: dict[str, str], bootstrap: str, worker_factory, topics) -> None:
+    source, dlt = topics["input_topic"], f"{topics['input_topic']}-dlt"
+    await create_topic(bootstrap, source, 2)
+    worker_factory(**topics).wait_ready()
+    bad = [
+        (b"k-missing", orjson.dumps({"id": "x"}), [("trace", b"t-1"), ("tenant", b"acme")]),  # text_missing
+        (None, orjson.dumps({"id": "y"}), [("trace", b"t-2")]),  # text_missing, keyless
+        (None, b"{not json", []),  # not_json
+    ]
+    await _producer_with_timestamps(bootstrap, source, [(None, k, v, None, h) for k, v, h in bad] + [
+        (None, b"good", orjson.dumps({"text": "fine", "id": "good"}), None, []),
+    ])
+    dead = await consume_all(bootstrap, dlt, expected=3, timeout_s=120, settle_s=0.5)
+    assert sorted(_headers(r)[REASON_HEADER] for r in dead) == ["not_json", "text_missing", "text_missing"]
+    missing = {r.value: r for r in dead if _headers(r)[REASON_HEADER] == "text_missing"}
+    ends_before = await end_offsets(bootstrap, source)
+    renv = {**env, "INPUT_TOPIC": source}
+
+    proc = ok(await acli(["dlt", "replay", "--reason", "text_missing", "--dry-run"], renv))
+    listed = sorted(proc.stdout.splitlines())
+    assert listed == sorted(
+        f"{dlt}:{r.partition}:{r.offset} reason=text_missing key={'k-missing' if r.key == b'k-missing' else 'null'} "
+        f"origin={source}:{_headers(r)['__connect.errors.partition']}:{_headers(r)['__connect.errors.offset']} "
+        f"bytes={len(r.value)}"
+        for r in missing.values()
+    )
+    assert f"would replay 2 record(s) from {dlt} to {source} (text_missing: 2); read 3, skipped 1 with another reason" \
+        in proc.stderr
+    assert await end_offsets(bootstrap, source) == ends_before, "a dry run sends nothing"
+    proc = ok(await acli(["dlt", "replay", "--dry-run", "-n", "1"], renv))
+    assert len(proc.stdout.splitlines()) == 1
+
+    proc = ok(await acli(["dlt", "replay", "--reason", "text_missing"], renv))
+    assert f"replayed 2 record(s) from {dlt} to {source} (text_missing: 2)" in proc.stderr
+
+    received = await consume_all(bootstrap, source, expected=6, timeout_s=30, settle_s=0.3)
+    replayed = [r for r in received if r.offset >= ends_before[r.partition]]
+    assert len(replayed) == 2
+    by_value = {r.value: r for r in replayed}
+    assert set(by_value) == {orjson.dumps({"id": "x"}), orjson.dumps({"id": "y"})}, "original bytes"
+    for key, value, headers in bad[:2]:
+        again, letter = by_value[value], missing[value]
+        assert again.key == key, "the original key, null again where the dead letter was keyed by origin"
+        assert list(again.headers) == [*headers, (REPLAYED_FROM_HEADER, f"{dlt}:{letter.partition}:{letter.offset}".encode())]
+    assert (_headers(missing[orjson.dumps({"id": "y"})])[KEY_NULL_HEADER]) == "true"
+
+    # The worker dead-letters them again (nothing was fixed): the replay header travels with them.
+    dead = await consume_all(bootstrap, dlt, expected=5, timeout_s=120, settle_s=0.5)
+    again = [r for r in dead if REPLAYED_FROM_HEADER in _headers(r)]
+    assert len(again) == 2 and all(_headers(r)[REASON_HEADER] == "text_missing" for r in again)
+
+
+async def test_dlt_replay_skips_dead_letters_without_value(env: dict[str, str], bootstrap: str) -> None:
+    source, dlt = fresh("in"), fresh("letters")  # a DEAD_LETTER_TOPIC of its own name
+    await create_topic(bootstrap, source, 1)
+    await create_topic(bootstrap, dlt, 1)
+    letters = [
+        dead_letter(dlt, source_topic=source, partition=0, offset=7, key=b"big", value=b'{"text": "' + b"x" * 100 + b'"}',
+                    reason="output_too_large", exception_class="E", message="m", headers=(("trace", b"t-big"),)),
+        dead_letter(dlt, source_topic=source, partition=0, offset=8, key=None, value=b"garbage",
+                    reason="not_json", exception_class="E", message="m"),
+    ]
+    letters[0] = without_value(letters[0])
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for letter in letters:
+            assert isinstance(letter, Outbound)
+            await (await producer.send(dlt, letter.value, key=letter.key, headers=list(letter.headers)))
+    finally:
+        await producer.stop()
+    renv = {**env, "INPUT_TOPIC": source}
+    proc = ok(await acli(["dlt", "replay", "--dead-letter-topic", dlt], renv))
+    assert f"skipped {dlt}:0:0 (output_too_large): its value (" in proc.stderr
+    assert f"the original is at {source}:0:7" in proc.stderr
+    assert f"replayed 1 record(s) from {dlt} to {source} (not_json: 1)" in proc.stderr
+    assert "1 without their value" in proc.stderr
+    (record,) = await consume_all(bootstrap, source, expected=1, timeout_s=30, settle_s=0.3)
+    assert (record.key, record.value, record.headers) == (None, b"garbage", ((REPLAYED_FROM_HEADER, f"{dlt}:0:1".encode()),))
+
+    proc = await acli(["dlt", "replay", "--dead-letter-topic", fresh("missing")], renv)
+    assert proc.returncode == 2 and "do not exist" in proc.stderr, proc.stderr
+

@@ -35,6 +35,8 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+dlt_app = typer.Typer(help="Dead-letter topic tools (read it with: tail --topic <INPUT_TOPIC>-dlt).", no_args_is_help=True)
+app.add_typer(dlt_app, name="dlt")
 app.command("bench")(bench)
 
 EXIT_CONFIG = 2  # start-up refused: bad settings, unreachable Kafka, missing topics, unusable model
@@ -354,6 +356,55 @@ def _start(text: str) -> StartAt:
         return parse_start(text)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--offset'") from None
+
+
+# --------------------------------------------------------------------------- dlt
+
+
+@dlt_app.command("replay")
+@with_settings([*KAFKA_FIELDS, "input_topic", "dead_letter_topic"])
+def dlt_replay(
+    settings: Settings,
+    reasons: Optional[list[str]] = typer.Option(
+        None, "--reason", "-r",
+        help="Replay only dead letters with this __sentiment.errors.reason (not_json, text_missing...); repeatable.",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="List what would be replayed (partition, offset, reason, key); send nothing."
+    ),
+    count: Optional[int] = typer.Option(None, "--count", "-n", help="Replay at most this many."),
+    offset: Optional[str] = typer.Option(
+        None, "--offset", "-o", help=f"Where to start in the dead-letter topic: {OFFSET_HELP} Default: beginning."
+    ),
+    partitions: Optional[list[int]] = typer.Option(
+        None, "--partition", "-p", help="Only this partition of the dead-letter topic; repeatable (default: all)."
+    ),
+) -> None:
+    """Send dead letters back to the input topic: original key, value and headers, plus __sentiment.replayed.from.
+
+    Reads the dead-letter topic (DEAD_LETTER_TOPIC, default <INPUT_TOPIC>-dlt) up to the end it has
+    when the replay starts. Dead letters whose value was dropped for size are skipped and named.
+    """
+    from aiokafka.errors import KafkaError
+
+    from worker.kafka.errors import describe
+    from worker.kafka.topics import KafkaSetupError
+    from worker.tools import replay as tool
+
+    opts = tool.ReplayOptions(reasons=frozenset(reasons or ()), partitions=partitions or (),
+                              start=_start(offset) if offset is not None else BEGINNING, count=count, dry_run=dry_run)
+    try:
+        result = asyncio.run(tool.replay(settings, opts))
+    except (KafkaSetupError, ToolError) as exc:
+        raise _fail(str(exc)) from None
+    except KafkaError as exc:
+        typer.secho(
+            f"error: replay stopped ({describe(exc)}); records before the failure may have been sent: "
+            f"look for {tool.REPLAYED_FROM_HEADER} on {settings.input_topic}",
+            fg=typer.colors.RED, err=True,
+        )
+        raise typer.Exit(1) from None
+    typer.echo(result.summary(), err=True)
 
 
 # ------------------------------------------------------------------------- model

@@ -1,1 +1,1 @@
-"""What the ``produce`` and ``tail`` commands do; ``worker.cli`` only parses their flags."""
+"""What the ``produce``, ``tail`` and ``dlt replay`` commands do; ``worker.cli`` only parses their flags."""
