@@ -8,17 +8,17 @@ in step.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+import types
+import typing
+from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-import orjson
 import typer
 from pydantic import ValidationError
 
@@ -26,12 +26,17 @@ from worker.bench import bench
 from worker.ops import logs
 from worker.ops.memory import tune_malloc
 from worker.settings import Settings
+from worker.tools.kafka_io import BEGINNING, END, OFFSET_HELP, StartAt, ToolError, parse_start
+from worker.tools.produce import ProduceFormat
+from worker.tools.tail import TailFormat
 
 app = typer.Typer(
     help="Streaming sentiment classification on Kafka.", no_args_is_help=True, pretty_exceptions_enable=False
 )
 model_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+dlt_app = typer.Typer(help="Dead-letter topic tools (read it with: tail --topic <INPUT_TOPIC>-dlt).", no_args_is_help=True)
+app.add_typer(dlt_app, name="dlt")
 app.command("bench")(bench)
 
 EXIT_CONFIG = 2  # start-up refused: bad settings, unreachable Kafka, missing topics, unusable model
@@ -67,24 +72,22 @@ def load_settings(overrides: dict[str, Any]) -> Settings:
 
 
 def with_settings(fields: Optional[Iterable[str]] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Give a command one ``--flag`` per setting (all, or ``fields``) and a ``settings`` argument."""
+    """Give a command one ``--flag`` per setting (all, or ``fields``) and a ``settings`` argument.
+
+    Each flag has its setting's type (``<int>``, ``<float>``, ``<path>``, an enum's choices;
+    booleans are ``--x/--no-x``) and is None unless given, so the env var applies unless
+    the flag is on the command line. Bounds (``ge=1``...) are left to pydantic, so a value out
+    of range is reported like a bad env var: "invalid settings" and the setting's NAME.
+    """
     names = list(fields) if fields is not None else list(Settings.model_fields)
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         own = [p for p in inspect.signature(fn).parameters.values() if p.name != "settings"]
-        flags = []
-        for name in names:
-            info = Settings.model_fields[name]
-            help_text = f"{info.description or ''} (env {name.upper()}, default {_show(info.default)})"
-            flags.append(
-                inspect.Parameter(
-                    name,
-                    inspect.Parameter.KEYWORD_ONLY,
-                    default=typer.Option(None, "--" + name.replace("_", "-"), help=help_text, show_default=False,
-                                         rich_help_panel="Settings"),
-                    annotation=Optional[str],
-                )
-            )
+        flags = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_flag_option(name),
+                              annotation=Optional[flag_type(name)])
+            for name in names
+        ]
 
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
@@ -99,8 +102,118 @@ def with_settings(fields: Optional[Iterable[str]] = None) -> Callable[[Callable[
     return decorate
 
 
+def flag_type(name: str) -> type:
+    """The type of a setting's flag: the field's own (Optional unwrapped); secrets are plain text."""
+    annotation = Settings.model_fields[name].annotation
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation in (bool, int, float, Path) or (isinstance(annotation, type) and issubclass(annotation, Enum)):
+        return annotation  # type: ignore[return-value]
+    return str
+
+
+def flag_names(name: str) -> str:
+    """``--create-topics/--no-create-topics`` for a boolean setting, ``--batch-max-size`` otherwise."""
+    flag = name.replace("_", "-")
+    return f"--{flag}/--no-{flag}" if flag_type(name) is bool else f"--{flag}"
+
+
+def _flag_option(name: str) -> Any:
+    info = Settings.model_fields[name]
+    bounds = ", ".join(_bound(m) for m in info.metadata if _bound(m))
+    help_text = (
+        f"{info.description or ''} (env {name.upper()}, default {_show(info.default)}"
+        f"{', ' + bounds if bounds else ''})"
+    )
+    return typer.Option(None, flag_names(name), help=help_text, show_default=False, rich_help_panel="Settings")
+
+
+def _bound(constraint: Any) -> str:
+    for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if getattr(constraint, attr, None) is not None:
+            return f"{sign} {getattr(constraint, attr)}"
+    return ""
+
+
 def _show(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
     return value.value if isinstance(value, Enum) else str(value)
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def legacy_bool_flags(argv: list[str]) -> list[str]:
+    """Rewrite the old spelling of boolean settings (``--create-topics false``) as ``--no-create-topics``.
+
+    Boolean settings used to take a value; scripts written then keep working (and ``produce``
+    does not take a stray ``false`` for a text to send).
+    """
+    flags = {"--" + n.replace("_", "-") for n in Settings.model_fields if flag_type(n) is bool}
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            out.extend(argv[i:])
+            break
+        flag, eq, value = arg.partition("=")
+        if flag in flags and not eq and i + 1 < len(argv) and argv[i + 1].lower() in _TRUE | _FALSE:
+            value, i = argv[i + 1], i + 1
+            eq = "="
+        if flag in flags and eq and value.lower() in _TRUE | _FALSE:
+            arg = flag if value.lower() in _TRUE else "--no-" + flag[2:]
+        out.append(arg)
+        i += 1
+    return out
+
+
+# ----------------------------------------------------------------------- version
+
+VERSIONED = ("python", "torch", "transformers", "faust-streaming", "aiokafka")
+
+
+def versions() -> list[tuple[str, str]]:
+    """This package's version and its main libraries' (from their metadata: nothing is imported)."""
+    import platform
+    from importlib import metadata
+
+    def of(dist: str) -> str:
+        if dist == "python":
+            return platform.python_version()
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    try:
+        own = metadata.version("sentiment-worker")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        from worker import __version__ as own
+    return [("sentiment-worker", own), *((dist, of(dist)) for dist in VERSIONED)]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        name, own = versions()[0]
+        typer.echo(f"{name} {own}")
+        for dist, version in versions()[1:]:
+            typer.echo(f"  {dist} {version}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version,
+        help="Print the version (and those of python, torch, transformers, faust, aiokafka) and exit.",
+    ),
+) -> None:
+    pass
 
 
 # --------------------------------------------------------------------------- run
@@ -123,87 +236,64 @@ def run(settings: Settings) -> None:
 # ----------------------------------------------------------------------- produce
 
 
-def _lines(texts: list[str], file: Optional[Path]) -> Iterator[str]:
-    yield from texts
-    if file is None and texts:
-        return
-    source = contextlib.nullcontext(sys.stdin) if file is None or str(file) == "-" else file.open(encoding="utf-8")
-    with source as stream:
-        for line in stream:
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield line
-
-
-class ProduceFormat(str, Enum):
-    text = "text"  # each line/argument becomes {"text": ...}
-    jsonl = "jsonl"  # each line is a JSON object, sent unchanged
-    raw = "raw"  # each line is sent as-is (for INPUT_FORMAT=text)
-
-
 @app.command()
 @with_settings([*KAFKA_FIELDS, "input_topic", "create_topics", "topic_partitions", "topic_replication_factor"])
 def produce(
     settings: Settings,
-    texts: list[str] = typer.Argument(None, help="Texts to send; none: read lines from --file or stdin."),
+    texts: Optional[list[str]] = typer.Argument(None, help="Texts to send; none: read lines from --file or stdin."),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read lines from this file ('-' for stdin)."),
-    fmt: ProduceFormat = typer.Option(ProduceFormat.text, "--format", help="text, jsonl or raw."),
+    fmt: ProduceFormat = typer.Option(
+        ProduceFormat.text, "--format",
+        help='text: each line becomes {"text": line}; jsonl: JSON objects sent as they are (key: their "id"); '
+        "raw: lines sent as they are (INPUT_FORMAT=text).",
+    ),
+    key: Optional[str] = typer.Option(
+        None, "--key", "-k", help="Key of every record (wins over the id field and --key-separator)."
+    ),
+    key_separator: Optional[str] = typer.Option(
+        None, "--key-separator", "-K",
+        help="Each line is KEY<SEP>VALUE, split at the first SEP (kcat -K); a line without SEP has no key.",
+    ),
+    headers: Optional[list[str]] = typer.Option(
+        None, "--header", "-H", help="A header name=value on every record; repeat for more."
+    ),
+    partition: Optional[int] = typer.Option(
+        None, "--partition", "-p", help="Send every record to this partition (default: by key, as Kafka does)."
+    ),
+    null_empty: bool = typer.Option(
+        False, "--null-empty", "-Z",
+        help="Send an empty key or value as null (kcat -Z): with --key-separator, 'k:' is a tombstone for k.",
+    ),
 ) -> None:
     """Send texts to the input topic (one record per argument or line)."""
-    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
 
-    from worker.pipeline.codec import InputRecord, encode_input
-    from worker.kafka.security import aiokafka_options
-    from worker.kafka.topics import KafkaSetupError, ensure_topics
+    from worker.kafka.errors import describe
+    from worker.kafka.topics import KafkaSetupError
+    from worker.tools import produce as tool
 
     logs.configure(settings.log_level, settings.log_format.value)
-
-    def records() -> Iterator[tuple[Optional[bytes], bytes]]:
-        for line in _lines(texts or [], file):
-            if fmt is ProduceFormat.text:
-                yield None, encode_input(InputRecord(text=line))
-            elif fmt is ProduceFormat.raw:
-                yield None, line.encode("utf-8")
-            else:
-                key = None
-                try:
-                    doc = orjson.loads(line)
-                    if isinstance(doc, dict) and isinstance(doc.get("id"), str):
-                        key = doc["id"].encode("utf-8")
-                except orjson.JSONDecodeError:
-                    pass  # sent anyway: the worker decides what is bad input
-                yield key, line.encode("utf-8")
-
-    async def send() -> int:
-        await ensure_topics(
-            settings.kafka_bootstrap_servers,
-            [settings.input_topic],
-            create=settings.create_topics,
-            partitions=settings.topic_partitions,
-            replication_factor=settings.topic_replication_factor,
-            timeout_s=settings.kafka_timeout_s,
-            options=aiokafka_options(settings),
-        )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            **aiokafka_options(settings),
-        )
-        await producer.start()
-        try:
-            futures = [await producer.send(settings.input_topic, value, key=key) for key, value in records()]
-            await asyncio.gather(*futures)
-            return len(futures)
-        finally:
-            await producer.stop()
-
     try:
-        count = asyncio.run(send())
-    except KafkaSetupError as exc:
+        parsed_headers = tuple(tool.parse_header(h) for h in headers or ())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--header'") from None
+    if key_separator == "":
+        raise typer.BadParameter("must not be empty", param_hint="'--key-separator'")
+    opts = tool.ProduceOptions(fmt=fmt, key=key, key_separator=key_separator, null_empty=null_empty,
+                               headers=parsed_headers, partition=partition)
+    try:
+        result = asyncio.run(tool.produce(settings, tool.lines(texts or [], file), opts))
+    except (KafkaSetupError, ToolError) as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"produced {count} record(s) to {settings.input_topic}", err=True)
+    except KafkaError as exc:
+        typer.secho(f"error: a send failed ({describe(exc)}); records before it may have been written",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    for why in result.skipped:
+        typer.echo(f"skipped {why}", err=True)
+    typer.echo(result.summary(), err=True)
+    if result.skipped:
+        raise typer.Exit(1)
 
 
 # -------------------------------------------------------------------------- tail
@@ -213,87 +303,108 @@ def produce(
 @with_settings([*KAFKA_FIELDS, "output_topic"])
 def tail(
     settings: Settings,
+    topic: Optional[str] = typer.Option(
+        None, "--topic", "-t", help="Topic to read (default: OUTPUT_TOPIC); e.g. the dead-letter topic <INPUT_TOPIC>-dlt."
+    ),
+    partitions: Optional[list[int]] = typer.Option(
+        None, "--partition", "-p", help="Read only this partition; repeat for more (default: all)."
+    ),
+    offset: Optional[str] = typer.Option(
+        None, "--offset", "-o", help=f"Where to start in each partition: {OFFSET_HELP} Default: end (new records)."
+    ),
     count: Optional[int] = typer.Option(None, "--count", "-n", help="Stop after this many records."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after this many idle seconds."),
-    from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest record."),
-    since_ms: Optional[int] = typer.Option(None, "--since-ms", help="Start at records newer than this epoch ms."),
-    compact: bool = typer.Option(False, "--compact", help="One JSON object per line."),
+    exit_at_end: bool = typer.Option(
+        False, "--exit-at-end", "-e", help="Stop at the end the partitions had when tail started (kcat -e)."
+    ),
+    fmt: TailFormat = typer.Option(
+        TailFormat.auto, "--format",
+        help="pretty: metadata line then the value; json: one object per record with partition, offset, timestamp, "
+        "key, headers and value; value: the value alone; auto: pretty on a terminal, json otherwise.",
+    ),
+    compact: bool = typer.Option(False, "--compact", help="One line per record (pretty and value formats)."),
+    from_beginning: bool = typer.Option(False, "--from-beginning", help="Same as --offset beginning."),
+    since_ms: Optional[int] = typer.Option(None, "--since-ms", help="Same as --offset @MS: records from this epoch ms on."),
 ) -> None:
-    """Print scored events from the output topic (read_committed)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    """Print records of the output topic (or --topic) with partition, offset, timestamp, key and headers (read_committed)."""
+    from worker.kafka.topics import KafkaSetupError
+    from worker.tools import tail as tool
 
-    from worker.kafka.security import aiokafka_options
-    from worker.kafka.topics import KafkaSetupError, ensure_topics
-
-    async def consume() -> int:
-        counts = await ensure_topics(
-            settings.kafka_bootstrap_servers,
-            [settings.output_topic],
-            create=False,
-            partitions=1,
-            replication_factor=1,
-            timeout_s=settings.kafka_timeout_s,
-            options=aiokafka_options(settings),
-        )
-        consumer = AIOKafkaConsumer(
-            **aiokafka_options(settings),
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest" if from_beginning else "latest",
-        )
-        await consumer.start()
-        seen = 0
-        try:
-            tps = [TopicPartition(settings.output_topic, p) for p in range(counts.partitions[settings.output_topic])]
-            consumer.assign(tps)
-            if since_ms is not None:
-                found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
-                ends = await consumer.end_offsets(tps)
-                for tp in tps:
-                    consumer.seek(tp, found[tp].offset if found[tp] is not None else ends[tp])
-            elif from_beginning:
-                await consumer.seek_to_beginning(*tps)
-            else:
-                await consumer.seek_to_end(*tps)
-            while count is None or seen < count:
-                batch = await consumer.getmany(timeout_ms=int((timeout or 3600) * 1000))
-                if not batch:
-                    break
-                for records in batch.values():
-                    for record in records:
-                        _print_event(record.value, compact)
-                        seen += 1
-                        if count is not None and seen >= count:
-                            return seen
-            return seen
-        finally:
-            await consumer.stop()
-
+    if (offset is not None) + (since_ms is not None) + from_beginning > 1:
+        raise typer.BadParameter("give one of --offset, --from-beginning and --since-ms", param_hint="'--offset'")
+    start = END
+    if offset is not None:
+        start = _start(offset)
+    elif from_beginning:
+        start = BEGINNING
+    elif since_ms is not None:
+        start = StartAt("time", since_ms)
+    opts = tool.TailOptions(topic=topic or settings.output_topic, partitions=partitions or (), start=start,
+                            count=count, idle_timeout_s=timeout, until_end=exit_at_end, fmt=fmt, compact=compact)
     try:
-        seen = asyncio.run(consume())
-    except KafkaSetupError as exc:
+        seen = asyncio.run(tool.tail(settings, opts))
+    except (KafkaSetupError, ToolError) as exc:
         raise _fail(str(exc)) from None
     if count is not None and seen < count:
-        typer.echo(f"only {seen} of {count} record(s) arrived before the timeout", err=True)
+        why = "the end" if exit_at_end else "the timeout"
+        typer.echo(f"only {seen} of {count} record(s) arrived before {why}", err=True)
         raise typer.Exit(1)
 
 
-def _print_event(value: Optional[bytes], compact: bool) -> None:
-    if value is None:
-        return
+def _start(text: str) -> StartAt:
     try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        typer.echo(value.decode("utf-8", "replace"))
-        return
-    if compact or not sys.stdout.isatty():
-        sys.stdout.write(orjson.dumps(doc).decode() + "\n")
-    else:
-        from rich import print_json
+        return parse_start(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--offset'") from None
 
-        print_json(data=doc)
-    sys.stdout.flush()
+
+# --------------------------------------------------------------------------- dlt
+
+
+@dlt_app.command("replay")
+@with_settings([*KAFKA_FIELDS, "input_topic", "dead_letter_topic"])
+def dlt_replay(
+    settings: Settings,
+    reasons: Optional[list[str]] = typer.Option(
+        None, "--reason", "-r",
+        help="Replay only dead letters with this __sentiment.errors.reason (not_json, text_missing...); repeatable.",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="List what would be replayed (partition, offset, reason, key); send nothing."
+    ),
+    count: Optional[int] = typer.Option(None, "--count", "-n", help="Replay at most this many."),
+    offset: Optional[str] = typer.Option(
+        None, "--offset", "-o", help=f"Where to start in the dead-letter topic: {OFFSET_HELP} Default: beginning."
+    ),
+    partitions: Optional[list[int]] = typer.Option(
+        None, "--partition", "-p", help="Only this partition of the dead-letter topic; repeatable (default: all)."
+    ),
+) -> None:
+    """Send dead letters back to the input topic: original key, value and headers, plus __sentiment.replayed.from.
+
+    Reads the dead-letter topic (DEAD_LETTER_TOPIC, default <INPUT_TOPIC>-dlt) up to the end it has
+    when the replay starts. Dead letters whose value was dropped for size are skipped and named.
+    """
+    from aiokafka.errors import KafkaError
+
+    from worker.kafka.errors import describe
+    from worker.kafka.topics import KafkaSetupError
+    from worker.tools import replay as tool
+
+    opts = tool.ReplayOptions(reasons=frozenset(reasons or ()), partitions=partitions or (),
+                              start=_start(offset) if offset is not None else BEGINNING, count=count, dry_run=dry_run)
+    try:
+        result = asyncio.run(tool.replay(settings, opts))
+    except (KafkaSetupError, ToolError) as exc:
+        raise _fail(str(exc)) from None
+    except KafkaError as exc:
+        typer.secho(
+            f"error: replay stopped ({describe(exc)}); records before the failure may have been sent: "
+            f"look for {tool.REPLAYED_FROM_HEADER} on {settings.input_topic}",
+            fg=typer.colors.RED, err=True,
+        )
+        raise typer.Exit(1) from None
+    typer.echo(result.summary(), err=True)
 
 
 # ------------------------------------------------------------------------- model
@@ -345,7 +456,7 @@ def check(settings: Settings) -> None:
 
 def main() -> None:
     tune_malloc()  # first, before any thread allocates: see worker.ops.memory
-    app()
+    app(args=legacy_bool_flags(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""What the ``produce``, ``tail`` and ``dlt replay`` commands do; ``worker.cli`` only parses their flags."""
