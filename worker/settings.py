@@ -99,7 +99,7 @@ class Settings(BaseSettings):
         "earliest", description="Where a new group starts reading: earliest or latest."
     )
     commit_interval_s: float = Field(
-        1.0, gt=0, description="How often acknowledged offsets are committed, in seconds."
+        1.0, gt=0, description="How often the offsets of stored outputs are committed (at-least-once), in seconds."
     )
     kafka_timeout_s: float = Field(
         15.0, gt=0, description="How long start-up waits for the brokers before failing."
@@ -110,7 +110,10 @@ class Settings(BaseSettings):
         "(Kafka transactions; readers must use isolation.level=read_committed).",
     )
     transaction_timeout_ms: int = Field(
-        60000, ge=1000, description="Kafka transaction timeout in exactly-once mode."
+        60000,
+        ge=1000,
+        description="Kafka transaction timeout in exactly-once mode: bounds one publish-and-commit (must exceed "
+        "KAFKA_REQUEST_TIMEOUT_S); a transaction the broker aborts for it is retried, never lost.",
     )
     dead_letter_topic: Optional[str] = Field(
         None, description="Topic for records that can't be scored; default <INPUT_TOPIC>-dlt."
@@ -138,7 +141,8 @@ class Settings(BaseSettings):
     stall_timeout_s: float = Field(
         120.0,
         ge=0,
-        description="Exit (to be restarted) when input waits but nothing was consumed for this long; 0: never.",
+        description="Exit (to be restarted) when input waits but nothing was consumed for this long, or a batch "
+        "sits in one stage this long (publish retries excepted); 0: never.",
     )
     group_instance_id: Optional[str] = Field(
         None, description="Static group membership id (e.g. the pod name): no rebalance on quick restarts."
@@ -224,7 +228,7 @@ class Settings(BaseSettings):
     )
 
     # --- Operations ------------------------------------------------------------
-    web_enabled: bool = Field(True, description="Serve Faust's web endpoints (health) on web_port.")
+    web_enabled: bool = Field(True, description="Serve /health, /ready and /metrics on WEB_PORT.")
     web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's web endpoints.")
     web_host: str = Field("0.0.0.0", description="Address the web endpoints bind to.")
     web_builtin_pages: bool = Field(
