@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -560,3 +561,13 @@ def test_worker_refuses_to_start_when_the_registry_is_unreachable_or_refuses(wor
     refused = worker_factory(**topics, output_format="avro", schema_registry_url=registry)
     assert refused.wait_exit(120) == 2
     assert "incompatible" in refused.log_text()
+
+
+def test_cli_refuses_a_registry_format_without_a_registry(tmp_path: Path) -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "NO_COLOR": "1", "COLUMNS": "200", "INPUT_FORMAT": "avro", "SCHEMA_REGISTRY_PASSWORD": "hunter2-secret"}
+    proc = subprocess.run([sys.executable, "-m", "worker", "run"], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stderr
+    assert "INPUT_FORMAT=avro needs SCHEMA_REGISTRY_URL" in proc.stderr
+    assert "hunter2-secret" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
