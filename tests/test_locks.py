@@ -65,7 +65,7 @@ def test_locks_are_not_stale() -> None:
 
 def test_every_declared_dependency_is_pinned_within_its_range() -> None:
     declared = [*PYPROJECT["dependencies"]]
-    for extra in ("test", "bench"):
+    for extra in ("registry", "test", "bench"):
         declared += PYPROJECT["optional-dependencies"][extra]
     build = (REQ / "build.in").read_text()
     declared += [line for line in build.splitlines() if line and not line.startswith("#")]

@@ -109,8 +109,9 @@ def make_app(settings: Settings) -> InputApp:
 class WorkerService:
     """The pipeline of one process and the Faust app that feeds it."""
 
-    def __init__(self, settings: Settings, engine: SentimentEngine, topics: TopicInfo) -> None:
+    def __init__(self, settings: Settings, engine: SentimentEngine, topics: TopicInfo, registry: Any = None) -> None:
         self.settings = settings
+        self.registry = registry  # worker.registry.serde.RegistrySerde, for the json_schema and avro formats
         self.ledger = OffsetLedger()
         self.telemetry = Telemetry(settings.dead_letter_topic_name)
         self.tracing = make_tracing(settings)
@@ -131,6 +132,7 @@ class WorkerService:
                 schema_version=settings.output_schema_version,
                 replace_trace=self.tracing is not None,
             ),
+            serialize=registry.serializer if registry is not None else None,
         )
         deliverer = Deliverer(
             self.publisher,
@@ -148,6 +150,7 @@ class WorkerService:
             observer=self.telemetry,
             input_format=settings.input_format,
             tracer=self.tracing,
+            decoder=registry.decoder if registry is not None else None,
         )
         self.app = make_app(settings)
         self.intake = Intake(
@@ -227,6 +230,8 @@ class WorkerService:
             await self.committer.commit()
         await self.publisher.stop()
         await self.probe.stop()
+        if self.registry is not None:
+            await self.registry.close()
         if self.tracing is not None:
             self.tracing.shutdown()  # flushes the spans still buffered
 
@@ -332,6 +337,24 @@ def check_kafka(settings: Settings, loop: Any) -> TopicInfo:
         raise StartupError(str(exc)) from None
 
 
+def open_registry(settings: Settings, loop: Any) -> Any:
+    """The Schema Registry serde for the json_schema / avro formats (None when unused); the output schema registered."""
+    if settings.schema_registry_url is None:
+        return None
+    from worker.registry.serde import RegistrySetupError, open_serde
+
+    try:
+        return loop.run_until_complete(open_serde(settings))
+    except RegistrySetupError as exc:
+        log.error("registry.setup_failed", error=str(exc))
+        raise StartupError(str(exc)) from None
+
+
+def close_registry(registry: Any, loop: Any) -> None:
+    if registry is not None:
+        loop.run_until_complete(registry.close())
+
+
 def run_worker(settings: Settings, child_argv: Optional[list[str]] = None) -> int:
     """Check Kafka, load the model, run the worker until stopped (Faust's Worker handles signals).
 
@@ -348,9 +371,11 @@ def run_worker(settings: Settings, child_argv: Optional[list[str]] = None) -> in
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     topics = check_kafka(settings, loop)
+    registry = open_registry(settings, loop)
     if settings.worker_processes > 1:
         from worker.supervisor import supervise
 
+        close_registry(registry, loop)  # checked here to fail fast; each child opens its own
         loop.close()
         return supervise(settings, child_argv)
     use_tokenizer_threads(settings.tokenizer_threads)
@@ -362,11 +387,13 @@ def run_worker(settings: Settings, child_argv: Optional[list[str]] = None) -> in
         engine.warmup()
     except ModelLoadError as exc:
         log.error("model.load_failed", error=str(exc))
+        close_registry(registry, loop)
         raise StartupError(str(exc)) from None
     info = engine.info
     if settings.output_schema_version == "1" and info.head.value != "single_label":
         message = f"OUTPUT_SCHEMA_VERSION=1 has no room for a {info.head.value} model: use 2"
         log.error("model.load_failed", error=message)
+        close_registry(registry, loop)
         raise StartupError(message)
     seconds = time.perf_counter() - started
     metrics.MODEL_LOAD_SECONDS.set(seconds)
@@ -384,9 +411,10 @@ def run_worker(settings: Settings, child_argv: Optional[list[str]] = None) -> in
         log.warning("model.random_weights", message="RANDOM WEIGHTS: this model's predictions mean nothing")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        service = WorkerService(settings, engine, topics)
+        service = WorkerService(settings, engine, topics, registry)
     except (RuntimeError, ValueError) as exc:  # TRACING without the otel extra, OTEL_* values it can't use
         log.error("worker.setup_failed", error=str(exc))
+        close_registry(registry, loop)
         raise StartupError(str(exc)) from None
     worker = faust.Worker(
         service.app,

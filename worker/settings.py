@@ -23,6 +23,24 @@ class InputFormat(str, Enum):
 
     json = "json"  # a JSON object with a "text" field (schemas/sentiment-input.v1.json)
     text = "text"  # the whole value is the UTF-8 text (console producers, kcat)
+    json_schema = "json_schema"  # Schema Registry wire format, JSON payload (worker.registry)
+    avro = "avro"  # Schema Registry wire format, Avro payload (schemas/sentiment-input.v1.avsc)
+
+
+class OutputFormat(str, Enum):
+    """How output record values are written."""
+
+    json = "json"  # plain JSON (schemas/sentiment-output.v2.json)
+    json_schema = "json_schema"  # Schema Registry wire format, JSON payload, that schema registered
+    avro = "avro"  # Schema Registry wire format, Avro payload (schemas/sentiment-output.v2.avsc)
+
+
+class SubjectNameStrategy(str, Enum):
+    """The subject a schema is registered under (Confluent's strategies)."""
+
+    topic = "topic"  # TopicNameStrategy: <topic>-value
+    record = "record"  # RecordNameStrategy: the record's full name (JSON Schema: its title)
+    topic_record = "topic_record"  # TopicRecordNameStrategy: <topic>-<record full name>
 
 
 class Precision(str, Enum):
@@ -162,7 +180,14 @@ class Settings(BaseSettings):
 
     # --- Input / output --------------------------------------------------------
     input_format: InputFormat = Field(
-        InputFormat.json, description="json: JSON objects with a text field; text: raw UTF-8 lines."
+        InputFormat.json,
+        description="json: JSON objects with a text field; text: raw UTF-8 lines; json_schema or avro: "
+        "Schema Registry framed JSON or Avro (needs SCHEMA_REGISTRY_URL).",
+    )
+    output_format: OutputFormat = Field(
+        OutputFormat.json,
+        description="json: plain JSON; json_schema or avro: Schema Registry framed, the output schema "
+        "registered at start (needs SCHEMA_REGISTRY_URL).",
     )
     include_text: bool = Field(False, description="Copy the input text (as far as it was scored) into each output event.")
     copy_headers: str = Field(
@@ -177,6 +202,33 @@ class Settings(BaseSettings):
     )
     multi_label_threshold: float = Field(
         0.5, ge=0, le=1, description="Multi-label models: a label applies (output labels) from this probability on."
+    )
+
+    # --- Schema Registry -------------------------------------------------------
+    schema_registry_url: Optional[str] = Field(
+        None,
+        description="Base URL of a Confluent-compatible Schema Registry API (e.g. http://registry:8081, or "
+        "Apicurio's .../apis/ccompat/v7); needed by the json_schema and avro formats.",
+    )
+    schema_registry_username: Optional[str] = Field(None, description="Schema Registry basic-auth user name.")
+    schema_registry_password: Optional[SecretStr] = Field(
+        None, description="Schema Registry basic-auth password (prefer SCHEMA_REGISTRY_PASSWORD_FILE)."
+    )
+    schema_registry_password_file: Optional[Path] = Field(
+        None, description="File holding the Schema Registry basic-auth password."
+    )
+    subject_name_strategy: SubjectNameStrategy = Field(
+        SubjectNameStrategy.topic,
+        description="Subject of the output schema: topic (<OUTPUT_TOPIC>-value), record (the record's full "
+        "name) or topic_record (<OUTPUT_TOPIC>-<record full name>).",
+    )
+    schema_registry_auto_register: bool = Field(
+        True,
+        description="Register the output schema at start; false: it must already be registered under its "
+        "subject (start fails otherwise).",
+    )
+    schema_registry_timeout_s: float = Field(
+        10.0, gt=0, description="Timeout of one Schema Registry request, in seconds."
     )
 
     # --- Batching --------------------------------------------------------------
@@ -311,6 +363,47 @@ class Settings(BaseSettings):
                 f"({self.kafka_request_timeout_s:g} s): a transaction is given up before the broker aborts it"
             )
         return self
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _check_registry_url(cls, value: Optional[str]) -> Optional[str]:
+        if value is None or not value.strip():
+            return None
+        from urllib.parse import urlsplit
+
+        value = value.strip().rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("put credentials in SCHEMA_REGISTRY_USERNAME and SCHEMA_REGISTRY_PASSWORD_FILE, not the URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_registry(self) -> "Settings":
+        framed = [
+            f"{name}={fmt.value}"
+            for name, fmt in (("INPUT_FORMAT", self.input_format), ("OUTPUT_FORMAT", self.output_format))
+            if fmt.value in ("json_schema", "avro")
+        ]
+        if framed and self.schema_registry_url is None:
+            raise ValueError(f"{' and '.join(framed)} needs SCHEMA_REGISTRY_URL")
+        has_password = self.schema_registry_password is not None or self.schema_registry_password_file is not None
+        if self.schema_registry_username and not has_password:
+            raise ValueError("SCHEMA_REGISTRY_USERNAME needs SCHEMA_REGISTRY_PASSWORD_FILE (or SCHEMA_REGISTRY_PASSWORD)")
+        if has_password and not self.schema_registry_username:
+            raise ValueError("a Schema Registry password needs SCHEMA_REGISTRY_USERNAME")
+        if self.schema_registry_password_file is not None and not self.schema_registry_password_file.is_file():
+            raise ValueError(f"SCHEMA_REGISTRY_PASSWORD_FILE {self.schema_registry_password_file} is not a readable file")
+        return self
+
+    def schema_registry_password_value(self) -> Optional[str]:
+        """The password from SCHEMA_REGISTRY_PASSWORD_FILE or SCHEMA_REGISTRY_PASSWORD; never logged."""
+        if self.schema_registry_password_file is not None:
+            return self.schema_registry_password_file.read_text().strip()
+        if self.schema_registry_password is not None:
+            return self.schema_registry_password.get_secret_value()
+        return None
 
     @property
     def bootstrap_list(self) -> list[str]:

@@ -69,6 +69,11 @@ def _decode_json(as_text: str) -> InputRecord:
         doc = orjson.loads(as_text)
     except orjson.JSONDecodeError as exc:
         raise DecodeError("not_json", f"value is not JSON: {exc}") from None
+    return from_document(doc)
+
+
+def from_document(doc: Any) -> InputRecord:
+    """The input contract's checks on a decoded document (JSON, or an Avro record as a dict)."""
     if not isinstance(doc, dict):
         raise DecodeError("not_object", f"value is JSON {type(doc).__name__}, not an object")
     if "text" not in doc:
@@ -131,6 +136,32 @@ def encode_output(
     ``text``: what to copy with ``include_text`` when it differs from the input's
     text (a truncated text is copied as far as it was scored).
     """
+    return orjson.dumps(
+        output_document(
+            record, source, truncated=truncated, model=model, processed_at=processed_at, label=label, score=score,
+            scores=scores, labels=labels, value=value, head=head, version=version, include_text=include_text, text=text,
+        )
+    )
+
+
+def output_document(
+    record: InputRecord,
+    source: Source,
+    *,
+    truncated: bool,
+    model: dict[str, Optional[str]],
+    processed_at: str,
+    label: Optional[str] = None,
+    score: Optional[float] = None,
+    scores: Optional[dict[str, float]] = None,
+    labels: Optional[list[str]] = None,
+    value: Optional[float] = None,
+    head: str = "single_label",
+    version: str = "2",
+    include_text: bool = False,
+    text: Optional[str] = None,
+) -> dict[str, Any]:
+    """The scored event as a document, before serialisation (JSON here, Avro in ``worker.registry``)."""
     doc: dict[str, Any] = {
         "schema_version": version,
         "id": record.id if record.id is not None else source.default_id,
@@ -159,7 +190,7 @@ def encode_output(
         doc["ts"] = record.ts
     if include_text:
         doc["text"] = record.text if text is None else text
-    return orjson.dumps(doc)
+    return doc
 
 
 def encode_input(record: InputRecord) -> bytes:

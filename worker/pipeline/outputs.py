@@ -15,12 +15,13 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Optional, Protocol, Union
 
+import orjson
 from aiokafka import TopicPartition
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from worker.kafka.publisher import Delivery, Outbound
 from worker.model.loading import Head, ModelInfo
-from worker.pipeline.codec import DecodeError, InputRecord, Source, encode_output
+from worker.pipeline.codec import DecodeError, InputRecord, Source, output_document
 from worker.pipeline.dead_letter import dead_letter, without_value
 from worker.pipeline.headers import HeaderPolicy
 from worker.pipeline.observer import BatchTraceLike
@@ -56,6 +57,7 @@ class OutputBuilder:
         copy_headers: Optional[Callable[[Sequence[tuple[str, bytes]]], tuple[tuple[str, bytes], ...]]] = None,
         schema_version: str = "2",
         threshold: float = 0.5,
+        serialize: Optional[Callable[[dict[str, Any]], bytes]] = None,
     ) -> None:
         self.output_topic = output_topic
         self.dead_letter_topic = dead_letter_topic
@@ -69,6 +71,8 @@ class OutputBuilder:
         self._version = schema_version
         self._threshold = threshold
         self._head = model.head.value
+        # an output document into its value: plain JSON, or a Schema Registry serializer (worker.registry)
+        self._serialize = serialize or orjson.dumps
         if schema_version == "1" and model.head is not Head.single_label:
             raise ValueError(f"OUTPUT_SCHEMA_VERSION=1 has no room for a {model.head.value} model: use 2")
 
@@ -134,7 +138,7 @@ class OutputBuilder:
                 chosen = sorted((i for i, p in enumerate(row) if p >= self._threshold), key=lambda i: -row[i])
                 result["labels"] = [labels[i] for i in chosen]
         try:
-            value = encode_output(
+            value = self._serialize(output_document(
                 item,
                 source,
                 truncated=truncated,
@@ -145,8 +149,8 @@ class OutputBuilder:
                 include_text=self._include_text,
                 text=self._scored_text(item.text) if self._include_text and truncated else None,
                 **result,
-            )
-        except (TypeError, ValueError) as exc:  # orjson: a value it can't write; never stall on it
+            ))
+        except (TypeError, ValueError) as exc:  # orjson or Avro: a value it can't write; never stall on it
             return self._letter(record, "encode_failed", type(exc).__name__, str(exc))
         key = record.key
         if key is None:

@@ -22,11 +22,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from worker.kafka.publisher import Delivery
 from worker.pipeline.batcher import Cut
-from worker.pipeline.codec import DecodeError, decode
+from worker.pipeline.codec import DecodeError, InputRecord, decode
 from worker.pipeline.delivery import Deliverer
 from worker.pipeline.ledger import BatchTicket, OffsetLedger
 from worker.pipeline.observer import BatchDone, BatchTraceLike, Observer, Tracer
@@ -35,6 +35,14 @@ from worker.pipeline.scoring import BatchScorer, Scored
 from worker.settings import InputFormat
 
 MERGE_MAX_BATCHES = 8
+
+
+class InputDecoder(Protocol):
+    """Decodes values that need I/O first (worker.registry): ``prepare`` a batch, then ``decode`` each value."""
+
+    async def prepare(self, values: Sequence[Optional[bytes]]) -> None: ...
+
+    def decode(self, value: Optional[bytes]) -> InputRecord: ...
 
 
 @dataclass(slots=True)
@@ -61,6 +69,7 @@ class Pipeline:
         input_format: InputFormat,
         max_pending: int = 4,
         tracer: Optional[Tracer] = None,
+        decoder: Optional[InputDecoder] = None,
     ) -> None:
         self._scorer = scorer
         self._builder = builder
@@ -69,6 +78,7 @@ class Pipeline:
         self._observer = observer
         self._format = input_format
         self._tracer = tracer
+        self._decoder = decoder
         self._pending: deque[_InFlight] = deque()  # submitted, not yet taken by the publisher
         self._space = asyncio.Semaphore(max_pending)
         self._arrived = asyncio.Event()
@@ -130,22 +140,25 @@ class Pipeline:
         """
         if self._failure is not None:
             raise RuntimeError("the pipeline has failed; not taking more input") from self._failure
+        if self._decoder is not None:  # e.g. fetch unknown schemas; the epoch is checked after it
+            await self._decoder.prepare([record.value for record in cut.records])
         await self._space.acquire()
         if epoch != self._ledger.epoch:
             self._space.release()
             return False
         decode_ns = time.time_ns() if self._tracer is not None else 0
         fmt = self._format
+        decoder = self._decoder
         decoded: list[Any] = []
         texts: list[str] = []
         for record in cut.records:
             try:
-                item = decode(record.value, fmt)
+                parsed = decode(record.value, fmt) if decoder is None else decoder.decode(record.value)
             except DecodeError as err:
                 decoded.append(err)
                 continue
-            decoded.append(item)
-            texts.append(item.text)
+            decoded.append(parsed)
+            texts.append(parsed.text)
         ticket = self._ledger.consumed(cut.ends, len(cut.records))
         self._observer.batch_consumed(len(cut.records))
         self._idle.clear()
