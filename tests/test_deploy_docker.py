@@ -277,7 +277,7 @@ def test_build_context_is_only_the_package() -> None:
         if keyword == "COPY" and "--from=" not in args:
             copied.update(args.split()[:-1])
     assert copied == allowed == {
-        "pyproject.toml", "README.md", "worker", "requirements/runtime.txt", "requirements/model-fetch.txt",
+        "pyproject.toml", "README.md", "worker", "schemas", "requirements/runtime.txt", "requirements/model-fetch.txt",
         "deploy/docker/fetch_model.py",
     }
     for path in copied:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,9 @@ from worker.settings import InputFormat, OutputFormat, Settings, SubjectNameStra
 
 log = logs.get_logger(__name__)
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+# The contract (schemas/ of the repository); an installed package is told where its copy
+# lies (the images set SENTIMENT_SCHEMAS_DIR), since schemas/ is no part of the wheel.
+SCHEMAS = Path(os.environ.get("SENTIMENT_SCHEMAS_DIR") or Path(__file__).resolve().parents[2] / "schemas")
 INPUT_SCHEMAS = {InputFormat.json_schema: "sentiment-input.v1.json", InputFormat.avro: "sentiment-input.v1.avsc"}
 OUTPUT_SCHEMAS = {OutputFormat.json_schema: "sentiment-output.v2.json", OutputFormat.avro: "sentiment-output.v2.avsc"}
 SCHEMA_TYPES = {"json_schema": JSON, "avro": AVRO}
