@@ -98,6 +98,10 @@ async def test_thousand_events_scored_once_in_order_and_committed(
     assert committed == ends
     assert committed_offsets_cli(kafka_env, topics["group_id"], topics["input_topic"]) == ends
 
+    # It ran on jemalloc (ALLOCATOR=auto; installed here), re-executed under the pid it was started with.
+    assert worker.events("worker.starting")[0]["allocator"] == "jemalloc"
+    assert "libjemalloc" in Path(f"/proc/{worker.proc.pid}/maps").read_text()
+
     # Batch bounds, from the worker's per-batch debug lines.
     sizes = [e["size"] for e in worker.events("batch.done")]
     print(f"batches: {len(sizes)}, largest {max(sizes)}, mean {sum(sizes) / len(sizes):.1f}")

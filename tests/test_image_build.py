@@ -27,6 +27,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import orjson
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,6 +120,12 @@ def test_cpu_image_builds_runs_and_rebuilds_only_the_code_layer(podman, tmp_path
     config = podman("image", "inspect", TAG, "--format", "{{.Config.Entrypoint}} {{.Config.Cmd}} {{.Config.User}}").stdout
     assert config.split() == ["[sentiment-worker]", "[run]", "10001:10001"]
     assert "/health" in podman("image", "inspect", TAG, "--format", "{{.HealthCheck}}").stdout
+    # `run` re-executes itself onto the image's jemalloc, then stops at the Kafka check (nothing listens there)
+    started = podman("run", "--rm", TAG, "run", "--kafka-bootstrap-servers", "127.0.0.1:9", "--kafka-timeout-s", "2",
+                     timeout=300, check=False)
+    assert started.returncode == 2, started.stdout[-2000:] + started.stderr[-2000:]
+    starting = next(orjson.loads(line) for line in started.stdout.splitlines() if '"worker.starting"' in line)
+    assert starting["allocator"] == "jemalloc"
 
     before = layers(podman, TAG)
     with (context / "worker" / "__init__.py").open("a") as f:

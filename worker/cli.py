@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from worker.bench import bench
 from worker.ops import logs
-from worker.ops.memory import tune_malloc
+from worker.ops.memory import AllocatorUnavailable, use_allocator
 from worker.settings import Settings
 from worker.tools.kafka_io import BEGINNING, END, OFFSET_HELP, StartAt, ToolError, parse_start
 from worker.tools.produce import ProduceFormat
@@ -225,9 +225,13 @@ def run(settings: Settings) -> None:
     """Consume the input topic, score batches, publish to the output topic (until stopped)."""
     from worker.service import StartupError, run_worker
 
+    try:  # first: may re-execute this process with jemalloc (worker.ops.memory)
+        allocator = use_allocator(settings.allocator.value)
+    except AllocatorUnavailable as exc:
+        raise _fail(str(exc)) from None
     logs.configure(settings.log_level, settings.log_format.value)
     try:
-        status = run_worker(settings)
+        status = run_worker(settings, allocator=allocator)
     except StartupError as exc:  # already logged where it happened
         raise _fail(str(exc)) from None
     raise typer.Exit(status)
@@ -455,7 +459,6 @@ def check(settings: Settings) -> None:
 
 
 def main() -> None:
-    tune_malloc()  # first, before any thread allocates: see worker.ops.memory
     app(args=legacy_bool_flags(sys.argv[1:]))
 
 

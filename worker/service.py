@@ -355,7 +355,7 @@ def close_registry(registry: Any, loop: Any) -> None:
         loop.run_until_complete(registry.close())
 
 
-def run_worker(settings: Settings, child_argv: Optional[list[str]] = None) -> int:
+def run_worker(settings: Settings, child_argv: Optional[list[str]] = None, allocator: str = "glibc") -> int:
     """Check Kafka, load the model, run the worker until stopped (Faust's Worker handles signals).
 
     Kafka is checked first: a wrong address or a missing topic is reported in
@@ -367,7 +367,7 @@ def run_worker(settings: Settings, child_argv: Optional[list[str]] = None) -> in
 
     from worker.model.loading import ModelLoadError
 
-    log.info("worker.starting", settings=settings.summary())
+    log.info("worker.starting", settings=settings.summary(), allocator=allocator)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     topics = check_kafka(settings, loop)

@@ -82,6 +82,12 @@ class SaslMechanism(str, Enum):
     SCRAM_SHA_512 = "SCRAM-SHA-512"
 
 
+class Allocator(str, Enum):
+    auto = "auto"
+    jemalloc = "jemalloc"
+    system = "system"
+
+
 class LogFormat(str, Enum):
     auto = "auto"  # pretty on a TTY, JSON otherwise
     json = "json"
@@ -264,6 +270,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Threads of the Rust tokenizer per batch. 1 leaves the cores to the model (CPU hosts); "
         "on a GPU host the tokenizer is the limit: give it the cores.",
+    )
+    allocator: Allocator = Field(
+        Allocator.auto,
+        description="Memory allocator of `run`: jemalloc (preloaded by re-executing the worker), system "
+        "(glibc, tuned for flat RSS; slower inference), auto = jemalloc where libjemalloc.so.2 is installed.",
     )
     worker_processes: int = Field(
         1,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from worker.bench.workloads import WORKLOADS
+from worker.ops.memory import find_jemalloc
 
 TARGETS = {
     "e2e_vs_ceiling": 0.95,
@@ -139,6 +140,8 @@ def build(config: dict[str, Any], results: Sequence[Row], precisions: Sequence[s
             "python": platform.python_version(),
             "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            # What the worker, ceiling, no-op and limit runs use (ALLOCATOR=auto); the baselines use glibc's defaults.
+            "allocator": "jemalloc" if find_jemalloc() else "glibc (1 MiB mmap threshold)",
         },
         "config": config,
         "results": list(results),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -89,7 +90,9 @@ def ceiling(argv: list[str]) -> None:
     args = parser.parse_args(argv)
 
     from worker.model.engine import Encoded, SentimentEngine
+    from worker.ops.memory import use_allocator
 
+    allocator = use_allocator(os.environ.get("ALLOCATOR", "auto"))  # the worker's: like with like
     engine = SentimentEngine.load(
         args.model, device=args.device, precision=args.precision, max_batch_tokens=args.max_batch_tokens,
         max_batch_rows=args.batch_size, attention=args.attention,
@@ -137,6 +140,7 @@ def ceiling(argv: list[str]) -> None:
         "padding_efficiency": round(real / padded, 4) if padded else None,
         "peak_rss_mib": self_peak_rss_mib(),
         "attention": engine.info.attention,
+        "allocator": allocator,
     }))
 
 
@@ -231,11 +235,11 @@ def noop_worker(argv: list[str]) -> None:
 
     from worker.model.engine import SentimentEngine
     from worker.ops import logs
-    from worker.ops.memory import tune_malloc
+    from worker.ops.memory import use_allocator
     from worker.service import run_worker
     from worker.settings import Settings
 
-    tune_malloc()
+    allocator = use_allocator(os.environ.get("ALLOCATOR", "auto"))  # as `run` does
     original = SentimentEngine.from_settings.__func__  # type: ignore[attr-defined]
 
     def from_settings(cls: Any, settings: Any) -> Any:
@@ -255,7 +259,7 @@ def noop_worker(argv: list[str]) -> None:
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format.value)
     sys.argv = ["sentiment-worker", "run"]
-    sys.exit(run_worker(settings, child_argv=[sys.executable, "-m", "worker.bench.roles", "noop_worker"]))
+    sys.exit(run_worker(settings, child_argv=[sys.executable, "-m", "worker.bench.roles", "noop_worker"], allocator=allocator))
 
 
 # ----------------------------------------------------------------------------- the limit
@@ -283,11 +287,11 @@ def limit(argv: list[str]) -> None:
 
     from worker.kafka.partitioner import KeyPartitioner
     from worker.model.engine import SentimentEngine
-    from worker.ops.memory import tune_malloc
+    from worker.ops.memory import use_allocator
     from worker.pipeline.codec import Source, decode, encode_output
     from worker.settings import InputFormat
 
-    tune_malloc()
+    use_allocator(os.environ.get("ALLOCATOR", "auto"))  # as the worker's `run` does
     engine = SentimentEngine.load(args.model, device="cpu", max_length=args.max_length)
     labels = engine.info.labels
     model_block = engine.info.as_output()
