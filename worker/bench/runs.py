@@ -209,18 +209,30 @@ class Bench:
         row: dict[str, Any] = {"run": run, "workload": workload, "precision": None if noop else precision, "events": n,
                                "batch_max_size": batch, "partitions": count, "guarantee": guarantee,
                                "processes": processes, "tracing": tracing}
-        topic_in, topic_out, group = self._preload(workload, n, count)
+        # Comparing process counts, the input arrives once every process holds partitions: with
+        # pre-loaded input the first process would drain it before the others joined.
+        live = max(self.cfg.processes) > 1
+        row["input"] = "produced once ready" if live else "pre-loaded"
+        if live:
+            topic_in, topic_out, group = self._topics(workload)
+            asyncio.run(create_topics(self.bootstrap, [topic_in, topic_out, f"{topic_in}-dlt"], count,
+                                      log_append=[topic_out]))
+        else:
+            topic_in, topic_out, group = self._preload(workload, n, count)
         worker = self._start_worker(run, topic_in, topic_out, group, precision=precision, noop=noop,
                                     batch_max_size=batch, partitions=count, guarantee=guarantee, processes=processes,
                                     tracing=tracing)
         try:
             worker.wait_ready()
-            ready_at = time.time()
             cpu_before = worker.cpu_seconds() or 0.0
+            start = time.time()
+            if live:
+                asyncio.run(produce_texts(self.bootstrap, topic_in, make_texts(workload, n), prefix=workload))
+            else:
+                start = worker.assigned_at() or start
             out = self._read_outputs(topic_out, n, f"{run} {workload}", worker.alive)
             cpu = (worker.cpu_seconds() or 0.0) - cpu_before
             metrics = worker.metrics()
-            start = (worker.assigned_at() if processes == 1 else None) or ready_at
             row.update(_throughput(n, start, out))
             row["cpu_us_per_event"] = round(cpu / n * 1e6, 1)
             row["padding_efficiency"] = _padding_from_metrics(metrics)
