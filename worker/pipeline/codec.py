@@ -112,36 +112,9 @@ def iso_utc(epoch_ms: Optional[float]) -> Optional[str]:
     return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
-def encode_output(
-    record: InputRecord,
-    source: Source,
-    *,
-    truncated: bool,
-    model: dict[str, Optional[str]],
-    processed_at: str,
-    label: Optional[str] = None,
-    score: Optional[float] = None,
-    scores: Optional[dict[str, float]] = None,
-    labels: Optional[list[str]] = None,
-    value: Optional[float] = None,
-    head: str = "single_label",
-    version: str = "2",
-    include_text: bool = False,
-    text: Optional[str] = None,
-) -> bytes:
-    """Serialise one scored event (schemas/sentiment-output.v2.json; v1 for a single-label model).
-
-    The head decides the result fields: single_label and multi_label carry
-    label, score and scores (multi_label also labels), regression carries value.
-    ``text``: what to copy with ``include_text`` when it differs from the input's
-    text (a truncated text is copied as far as it was scored).
-    """
-    return orjson.dumps(
-        output_document(
-            record, source, truncated=truncated, model=model, processed_at=processed_at, label=label, score=score,
-            scores=scores, labels=labels, value=value, head=head, version=version, include_text=include_text, text=text,
-        )
-    )
+def encode_output(record: InputRecord, source: Source, **fields: Any) -> bytes:
+    """One scored event as JSON: ``output_document`` (same arguments) serialised with orjson."""
+    return orjson.dumps(output_document(record, source, **fields))
 
 
 def output_document(
@@ -161,7 +134,14 @@ def output_document(
     include_text: bool = False,
     text: Optional[str] = None,
 ) -> dict[str, Any]:
-    """The scored event as a document, before serialisation (JSON here, Avro in ``worker.registry``)."""
+    """The scored event as a document, before serialisation (JSON here, Avro in ``worker.registry``).
+
+    Schema schemas/sentiment-output.v2.json (v1 for a single-label model). The head
+    decides the result fields: single_label and multi_label carry label, score and
+    scores (multi_label also labels), regression carries value. ``text``: what to copy
+    with ``include_text`` when it differs from the input's text (a truncated text is
+    copied as far as it was scored).
+    """
     doc: dict[str, Any] = {
         "schema_version": version,
         "id": record.id if record.id is not None else source.default_id,
