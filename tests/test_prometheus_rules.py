@@ -5,7 +5,7 @@
   workers fires nothing);
 - every PromQL query of the Grafana dashboard parses (promtool checks them as recording
   rules, Grafana's variables substituted);
-- every metric the rules and the dashboard use is one the worker exports (worker/metrics.py);
+- every metric the rules and the dashboard use is one the worker exports (worker/ops/metrics.py);
 - every alert links its runbook with an absolute `runbook_url`, all under one base, each
   anchor a heading of deploy/OPERATIONS.md;
 - the compose stack's prometheus.yml passes `promtool check config`.
