@@ -97,3 +97,24 @@ def test_gpu_script_rehearses_on_cpu(tmp_path: Path) -> None:
     assert all(r["events_per_s"] > 0 for r in report["ceiling"])
     assert proc.stdout.strip().splitlines()[-1].startswith("total")
     assert "engine ceiling" in proc.stdout
+
+
+def test_process_counts_are_timed_from_input_sent_once_every_process_holds_partitions(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    """With pre-loaded input the first process drained it before the second joined, and the run
+    was timed from the supervisor's /ready, after the last output: 2e10 events/s."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "bench", "--quick", "--runs", "noop", "--processes", "1,2",
+         "--bootstrap", bootstrap, "--out", str(out), "--cache", str(tmp_path / "cache"), "--noop-events", "300"],
+        cwd=REPO, capture_output=True, text=True, timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads((out / "bench.json").read_text())["results"]
+    assert sorted(row["processes"] for row in rows) == [1, 2]
+    for row in rows:
+        assert "error" not in row, row.get("error")
+        assert row["input"] == "produced once ready"
+        assert row["seconds"] > 0.01 and 0 < row["events_per_s"] < 1e6, row
+        assert row["cpu_us_per_event"] > 0, row
