@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -122,3 +123,26 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     out = REPO / ".cache" / "test-reports"
     out.mkdir(parents=True, exist_ok=True)
     (out / "faults.json").write_text(json.dumps(test_faults.RESULTS, indent=2))
+
+
+@pytest.fixture
+def base_env(tmp_path: Path) -> dict[str, str]:
+    """An environment for running the CLI: no inherited settings, offline hub, wide plain help output."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "TMPDIR": str(tmp_path),
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_OFFLINE": "1",
+        "NO_COLOR": "1",
+        "TERM": "dumb",
+        "COLUMNS": "220",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "LOG_FORMAT": "json",
+        "DATA_DIR": str(tmp_path / "data"),
+        "WEB_HOST": "127.0.0.1",
+        "WEB_PORT": str(free_port()),
+    }

@@ -10,7 +10,6 @@ environment built here; ``subprocess.run(timeout=...)`` kills one that overstays
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -33,25 +32,6 @@ from worker.tools.replay import REPLAYED_FROM_HEADER
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "worker"]
-
-
-@pytest.fixture
-def base_env(tmp_path: Path) -> dict[str, str]:
-    """No inherited settings, wide plain help output."""
-    home = tmp_path / "home"
-    home.mkdir()
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "LANG": "C.UTF-8",
-        "TMPDIR": str(tmp_path),
-        "HF_HUB_OFFLINE": "1",
-        "NO_COLOR": "1",
-        "TERM": "dumb",
-        "COLUMNS": "220",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "LOG_FORMAT": "json",
-    }
 
 
 @pytest.fixture

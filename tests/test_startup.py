@@ -8,7 +8,6 @@ process that overstays.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import socket
 import subprocess
@@ -29,29 +28,6 @@ from worker.settings import InputFormat, Settings
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "worker"]
 EXIT_CONFIG = 2
-
-
-@pytest.fixture
-def base_env(tmp_path: Path) -> dict[str, str]:
-    """A minimal environment: no inherited settings, offline hub, wide plain help output."""
-    home = tmp_path / "home"
-    home.mkdir()
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "LANG": "C.UTF-8",
-        "TMPDIR": str(tmp_path),
-        "HF_HOME": str(tmp_path / "hf-home"),
-        "HF_HUB_OFFLINE": "1",
-        "NO_COLOR": "1",
-        "TERM": "dumb",
-        "COLUMNS": "200",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "LOG_FORMAT": "json",
-        "DATA_DIR": str(tmp_path / "data"),
-        "WEB_HOST": "127.0.0.1",
-        "WEB_PORT": str(free_port()),
-    }
 
 
 def cli(args: list[str], env: dict[str, str], *, timeout: float = 60, stdin: str | None = None,
