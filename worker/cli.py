@@ -226,12 +226,12 @@ def run(settings: Settings) -> None:
     from worker.service import StartupError, run_worker
 
     try:  # first: may re-execute this process with jemalloc (worker.ops.memory)
-        allocator = use_allocator(settings.allocator.value)
+        use_allocator(settings.allocator.value)
     except AllocatorUnavailable as exc:
         raise _fail(str(exc)) from None
     logs.configure(settings.log_level, settings.log_format.value)
     try:
-        status = run_worker(settings, allocator=allocator)
+        status = run_worker(settings)
     except StartupError as exc:  # already logged where it happened
         raise _fail(str(exc)) from None
     raise typer.Exit(status)

@@ -26,6 +26,7 @@ from worker.model.engine import SentimentEngine
 from worker.ops import logs, metrics
 from worker.ops.aio import bounded
 from worker.ops.lag import LagProbe
+from worker.ops.memory import jemalloc_loaded
 from worker.ops.telemetry import Telemetry
 from worker.ops.watchdog import StallWatchdog
 from worker.ops.web import install_pages
@@ -355,7 +356,7 @@ def close_registry(registry: Any, loop: Any) -> None:
         loop.run_until_complete(registry.close())
 
 
-def run_worker(settings: Settings, child_argv: Optional[list[str]] = None, allocator: str = "glibc") -> int:
+def run_worker(settings: Settings, child_argv: Optional[list[str]] = None) -> int:
     """Check Kafka, load the model, run the worker until stopped (Faust's Worker handles signals).
 
     Kafka is checked first: a wrong address or a missing topic is reported in
@@ -367,7 +368,7 @@ def run_worker(settings: Settings, child_argv: Optional[list[str]] = None, alloc
 
     from worker.model.loading import ModelLoadError
 
-    log.info("worker.starting", settings=settings.summary(), allocator=allocator)
+    log.info("worker.starting", settings=settings.summary(), allocator="jemalloc" if jemalloc_loaded() else "glibc")
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     topics = check_kafka(settings, loop)

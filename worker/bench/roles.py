@@ -239,7 +239,7 @@ def noop_worker(argv: list[str]) -> None:
     from worker.service import run_worker
     from worker.settings import Settings
 
-    allocator = use_allocator(os.environ.get("ALLOCATOR", "auto"))  # as `run` does
+    use_allocator(os.environ.get("ALLOCATOR", "auto"))  # as `run` does
     original = SentimentEngine.from_settings.__func__  # type: ignore[attr-defined]
 
     def from_settings(cls: Any, settings: Any) -> Any:
@@ -259,7 +259,7 @@ def noop_worker(argv: list[str]) -> None:
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format.value)
     sys.argv = ["sentiment-worker", "run"]
-    sys.exit(run_worker(settings, child_argv=[sys.executable, "-m", "worker.bench.roles", "noop_worker"], allocator=allocator))
+    sys.exit(run_worker(settings, child_argv=[sys.executable, "-m", "worker.bench.roles", "noop_worker"]))
 
 
 # ----------------------------------------------------------------------------- the limit
