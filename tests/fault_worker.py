@@ -1,4 +1,8 @@
-"""The real worker CLI with faults injected into inference; production code carries no fault hooks.
+"""The real worker with faults injected into inference, through the worker's engine seam.
+
+``python tests/fault_worker.py`` runs what ``sentiment-worker run`` runs (settings from
+the environment), with an engine that fails on demand; production code carries no
+fault hooks and nothing here patches the worker.
 
 - FAULT_FLAG_FILE: while this file exists, every inference call raises (a systemic
   fault: the worker must stop without committing).
@@ -7,38 +11,38 @@
 The start-up warm-up is left alone.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 from pathlib import Path
+from typing import Any, Optional
 
-from worker.cli import main
-from worker.model.engine import SentimentEngine
-
-_flag = Path(os.environ["FAULT_FLAG_FILE"]) if os.environ.get("FAULT_FLAG_FILE") else None
-_max_padded = int(os.environ.get("FAULT_MAX_PADDED_TOKENS", "0"))
-_infer = SentimentEngine.infer
-_warmup = SentimentEngine.warmup
-_armed = False
+from worker.model.engine import Encoded, Scores, SentimentEngine
+from worker.service import main
+from worker.settings import Settings
 
 
-def _failing_infer(self, encoded):  # type: ignore[no-untyped-def]
-    if _armed and _flag is not None and _flag.exists():
-        raise RuntimeError("injected inference failure")
-    lengths = encoded.lengths
-    if _armed and _max_padded and len(lengths) * max(lengths, default=0) > _max_padded:
-        raise RuntimeError("CUDA out of memory (injected)")
-    return _infer(self, encoded)
+class FaultyEngine(SentimentEngine):
+    """Fails as the environment says, once warmed up."""
 
+    flag: Optional[Path] = Path(os.environ["FAULT_FLAG_FILE"]) if os.environ.get("FAULT_FLAG_FILE") else None
+    max_padded = int(os.environ.get("FAULT_MAX_PADDED_TOKENS", "0"))
+    armed = False
 
-def _arming_warmup(self):  # type: ignore[no-untyped-def]
-    global _armed
-    _warmup(self)
-    _armed = True
+    def warmup(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().warmup(*args, **kwargs)
+        FaultyEngine.armed = True
+        return result
 
+    def infer(self, encoded: Encoded) -> Scores:
+        if self.armed and self.flag is not None and self.flag.exists():
+            raise RuntimeError("injected inference failure")
+        lengths = encoded.lengths
+        if self.armed and self.max_padded and len(lengths) * max(lengths, default=0) > self.max_padded:
+            raise RuntimeError("CUDA out of memory (injected)")
+        return super().infer(encoded)
 
-SentimentEngine.infer = _failing_infer  # type: ignore[method-assign]
-SentimentEngine.warmup = _arming_warmup  # type: ignore[method-assign]
 
 if __name__ == "__main__":
-    sys.argv[0] = "sentiment-worker"
-    main()
+    sys.exit(main(Settings(), engine_factory=FaultyEngine.from_settings))

@@ -11,7 +11,6 @@ import asyncio
 import functools
 import inspect
 import sys
-import time
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -24,7 +23,6 @@ from pydantic import ValidationError
 
 from worker.bench import bench
 from worker.ops import logs
-from worker.ops.memory import AllocatorUnavailable, use_allocator
 from worker.settings import Settings
 from worker.tools.kafka_io import BEGINNING, END, OFFSET_HELP, StartAt, ToolError, parse_start
 from worker.tools.produce import ProduceFormat
@@ -39,7 +37,7 @@ dlt_app = typer.Typer(help="Dead-letter topic tools (read it with: tail --topic 
 app.add_typer(dlt_app, name="dlt")
 app.command("bench")(bench)
 
-EXIT_CONFIG = 2  # start-up refused: bad settings, unreachable Kafka, missing topics, unusable model
+EXIT_CONFIG = 2  # bad settings or arguments (the worker's own start-up refusals: worker.service.EXIT_CONFIG)
 
 KAFKA_FIELDS = (
     "kafka_bootstrap_servers",
@@ -223,18 +221,9 @@ def _root(
 @with_settings()
 def run(settings: Settings) -> None:
     """Consume the input topic, score batches, publish to the output topic (until stopped)."""
-    from worker.service import StartupError, run_worker
+    from worker.service import main
 
-    try:  # first: may re-execute this process with jemalloc (worker.ops.memory)
-        use_allocator(settings.allocator.value)
-    except AllocatorUnavailable as exc:
-        raise _fail(str(exc)) from None
-    logs.configure(settings.log_level, settings.log_format.value)
-    try:
-        status = run_worker(settings)
-    except StartupError as exc:  # already logged where it happened
-        raise _fail(str(exc)) from None
-    raise typer.Exit(status)
+    raise typer.Exit(main(settings))
 
 
 # ----------------------------------------------------------------------- produce
@@ -276,7 +265,7 @@ def produce(
     from worker.kafka.topics import KafkaSetupError
     from worker.tools import produce as tool
 
-    logs.configure(settings.log_level, settings.log_format.value)
+    logs.configure(settings.log_level.value, settings.log_format.value)
     try:
         parsed_headers = tuple(tool.parse_header(h) for h in headers or ())
     except ValueError as exc:

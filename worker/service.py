@@ -11,22 +11,26 @@ the per-event path.
 from __future__ import annotations
 
 import os
+import socket
+import sys
 import time
+from collections.abc import Callable
 from typing import Any, Optional
 
 import faust
 from aiokafka import TopicPartition
 
-from worker.kafka.committer import Committer
-from worker.kafka.faust_adapter import InputApp
-from worker.kafka.publisher import BATCH_BYTES, AtLeastOncePublisher, Publisher, TransactionalPublisher
+from worker.kafka.faust_adapter import BoundedWorker, InputApp
+from worker.kafka.guarantee import make_guarantee
 from worker.kafka.security import aiokafka_options, faust_credentials
 from worker.kafka.topics import TopicInfo
 from worker.model.engine import SentimentEngine
 from worker.ops import logs, metrics
 from worker.ops.aio import bounded
 from worker.ops.lag import LagProbe
-from worker.ops.memory import jemalloc_loaded
+from worker.ops.memory import AllocatorUnavailable, jemalloc_loaded, use_allocator
+from worker.ops.monitor import Monitor
+from worker.ops.shutdown import ExitDeadline
 from worker.ops.telemetry import Telemetry
 from worker.ops.watchdog import StallWatchdog
 from worker.ops.web import install_pages
@@ -35,42 +39,20 @@ from worker.pipeline.delivery import Deliverer
 from worker.pipeline.headers import HeaderPolicy
 from worker.pipeline.intake import Intake
 from worker.pipeline.ledger import OffsetLedger
-from worker.pipeline.outputs import SIZE_MARGIN, OutputBuilder
+from worker.pipeline.outputs import OutputBuilder
 from worker.pipeline.scoring import BatchScorer
 from worker.pipeline.stages import Pipeline
-from worker.settings import Guarantee, Settings
+from worker.settings import SchemaVersion, Settings
 
 log = logs.get_logger(__name__)
 
-DRAIN_TIMEOUT_S = 20.0  # shutdown: finish what is in flight (within Kubernetes' 30 s default grace)
 REVOKE_DRAIN_S = 20.0  # rebalance: finish the revoked partitions' batches (rebalance timeout is 60 s)
+DRAIN_SHARE = 0.6  # of SHUTDOWN_TIMEOUT_S, for the batches in flight; the rest closes up
 LAG_INTERVAL_S = 5.0
-PROBE_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 5.0
+EXIT_CONFIG = 2  # start-up refused: bad settings, unreachable Kafka, missing topics, unusable model, busy port
 
-
-def make_publisher(settings: Settings, ledger: OffsetLedger, topics: TopicInfo) -> Publisher:
-    """The sink of the configured guarantee, with record batches no larger than the topics accept."""
-    limits = [topics.max_message_bytes[t] for t in (settings.output_topic, settings.dead_letter_topic_name)
-              if t in topics.max_message_bytes]
-    batch_bytes = min([BATCH_BYTES, *(limit - SIZE_MARGIN for limit in limits)])
-    request_timeout_ms = int(settings.kafka_request_timeout_s * 1000)
-    if settings.processing_guarantee is Guarantee.exactly_once:
-        return TransactionalPublisher(
-            settings.kafka_bootstrap_servers,
-            group_id=settings.group_id,
-            floors=ledger,
-            transaction_timeout_ms=settings.transaction_timeout_ms,
-            request_timeout_ms=request_timeout_ms,
-            batch_bytes=batch_bytes,
-            options=aiokafka_options(settings),
-        )
-    return AtLeastOncePublisher(
-        settings.kafka_bootstrap_servers,
-        client_id=f"{settings.group_id}-publisher",
-        request_timeout_ms=request_timeout_ms,
-        batch_bytes=batch_bytes,
-        options=aiokafka_options(settings),
-    )
+EngineFactory = Callable[[Settings], SentimentEngine]
 
 
 def make_tracing(settings: Settings) -> Optional[Any]:
@@ -87,10 +69,10 @@ def make_app(settings: Settings) -> InputApp:
         settings.group_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_list],
         store="memory://",
-        processing_guarantee="at_least_once",  # Faust's own; ours is worker.kafka.publisher
+        processing_guarantee="at_least_once",  # Faust's own; ours is worker.kafka.guarantee
         topic_disable_leader=True,
         topic_allow_declare=False,
-        consumer_auto_offset_reset=settings.auto_offset_reset,
+        consumer_auto_offset_reset=settings.auto_offset_reset.value,
         broker_max_poll_records=settings.batch_max_size,
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
@@ -110,13 +92,22 @@ def make_app(settings: Settings) -> InputApp:
 class WorkerService:
     """The pipeline of one process and the Faust app that feeds it."""
 
-    def __init__(self, settings: Settings, engine: SentimentEngine, topics: TopicInfo, registry: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: SentimentEngine,
+        topics: TopicInfo,
+        deadline: ExitDeadline,
+        registry: Any = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry  # worker.registry.serde.RegistrySerde, for the json_schema and avro formats
+        self.deadline = deadline
         self.ledger = OffsetLedger()
         self.telemetry = Telemetry(settings.dead_letter_topic_name)
         self.tracing = make_tracing(settings)
-        self.publisher = make_publisher(settings, self.ledger, topics)
+        self.app = make_app(settings)
+        self.guarantee = make_guarantee(settings, self.ledger, topics, self._commit_offsets, self.tracing)
         builder = OutputBuilder(
             output_topic=settings.output_topic,
             dead_letter_topic=settings.dead_letter_topic_name,
@@ -125,18 +116,18 @@ class WorkerService:
             include_text=settings.include_text,
             scored_text=engine.scored_text,
             observer=self.telemetry,
-            schema_version=settings.output_schema_version,
+            schema_version=settings.output_schema_version.value,
             threshold=settings.multi_label_threshold,
             copy_headers=HeaderPolicy(
                 settings.copy_headers,
                 settings.drop_headers,
-                schema_version=settings.output_schema_version,
+                schema_version=settings.output_schema_version.value,
                 replace_trace=self.tracing is not None,
             ),
             serialize=registry.serializer if registry is not None else None,
         )
         deliverer = Deliverer(
-            self.publisher,
+            self.guarantee.sink,
             builder,
             self.ledger,
             self.telemetry,
@@ -153,7 +144,6 @@ class WorkerService:
             tracer=self.tracing,
             decoder=registry.decoder if registry is not None else None,
         )
-        self.app = make_app(settings)
         self.intake = Intake(
             Batcher(settings.batch_max_size, settings.batch_max_wait_ms / 1000),
             self.pipeline,
@@ -161,12 +151,17 @@ class WorkerService:
             self._rewind,
         )
         self.app.intake = self.intake
-        self.committer = Committer(self.ledger, self._commit_offsets, self.tracing)
         self.probe = LagProbe(settings.kafka_bootstrap_servers, settings.group_id, aiokafka_options(settings))
-        self.watchdog = StallWatchdog(settings.stall_timeout_s)
+        self.monitor = Monitor(
+            self.probe,
+            StallWatchdog(settings.stall_timeout_s),
+            self.ledger,
+            self.app,
+            input_topic=settings.input_topic,
+            retrying=lambda: self.pipeline.retrying_since is not None,
+        )
         self._started = False
         self._stalled: Optional[str] = None
-        self._lagging: set[TopicPartition] = set()
         self._model = engine.info
         info = engine.info
         metrics.MODEL_INFO.labels(info.name, info.revision or "", info.device, info.precision).set(1)
@@ -180,21 +175,22 @@ class WorkerService:
         app.on_partitions_revoked.connect(self._revoked)
         app.on_before_shutdown.connect(self._shutdown)
         app.task(self._start)
-        if not self.publisher.transactional:
-            app.timer(settings.commit_interval_s, name="commit")(self._commit)
-        app.timer(LAG_INTERVAL_S, name="lag")(self._check)
+        for timer in self.guarantee.timers():
+            app.timer(timer.interval_s, name=timer.name)(timer.run)
+        app.timer(LAG_INTERVAL_S, name="monitor")(self._check)
         app.timer(settings.stats_interval_s, name="throughput")(self._log_throughput)
         install_pages(app, self.readiness)
 
     # -- lifecycle ------------------------------------------------------------------
 
     async def _start(self) -> None:
-        await self.publisher.start()
+        await self.guarantee.start()
         self.pipeline.start(self._fail)
         self._started = True
 
     async def _fail(self, exc: BaseException) -> None:
         """Stop the worker (exit status non-zero); its replacement resumes from the committed offsets."""
+        self.deadline.arm(f"failed: {type(exc).__name__}", 1)
         await self.app.crash(exc)
 
     async def _assigned(self, app: faust.App, assigned: set, **_: Any) -> None:
@@ -210,29 +206,35 @@ class WorkerService:
         self.intake.clear()
         started = time.monotonic()
         drained = await self.pipeline.drain(REVOKE_DRAIN_S)
-        if not self.publisher.transactional:
-            await self.committer.commit()
+        await self.guarantee.settle()
         in_flight = self.ledger.in_flight_events
         self.ledger.revoked(partitions)
         if not drained:
             self.pipeline.abandon()
             log.warning("rebalance.drain_timeout", seconds=REVOKE_DRAIN_S, abandoned_events=in_flight)
-        self.publisher.release(partitions)
+        self.guarantee.release(partitions)
         metrics.ASSIGNED_PARTITIONS.set(len(self.ledger.owned))
         log.info("partitions.revoked", count=len(partitions), drained=drained, seconds=round(time.monotonic() - started, 3))
 
     async def _shutdown(self, app: faust.App, **_: Any) -> None:
-        """Faust has stopped fetching: finish what is in flight (bounded), commit it, close up."""
+        """Faust has stopped fetching: finish what is in flight (bounded), commit it, close up.
+
+        Every step is bounded; the whole is bounded by the exit deadline besides.
+        """
         self.intake.clear()
-        drained = await self.pipeline.stop(DRAIN_TIMEOUT_S)
+        drain_s = DRAIN_SHARE * self.settings.shutdown_timeout_s
+        drained = await self.pipeline.stop(drain_s)
         if not drained:
-            log.error("shutdown.drain_timeout", seconds=DRAIN_TIMEOUT_S, in_flight=self.ledger.in_flight_events)
-        if not self.publisher.transactional:
-            await self.committer.commit()
-        await self.publisher.stop()
+            log.error("shutdown.drain_timeout", seconds=drain_s, in_flight=self.ledger.in_flight_events,
+                      failed=self.pipeline.failure is not None)
+        await self.guarantee.settle()
+        await self.guarantee.stop()
         await self.probe.stop()
         if self.registry is not None:
-            await self.registry.close()
+            try:
+                await bounded(self.registry.close(), CLOSE_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - closing anyway
+                log.debug("registry.close_failed", error=repr(exc))
         if self.tracing is not None:
             self.tracing.shutdown()  # flushes the spans still buffered
 
@@ -244,65 +246,35 @@ class WorkerService:
 
     # -- timers ----------------------------------------------------------------------
 
-    async def _commit(self) -> None:
-        await self.committer.commit()
-
     async def _check(self) -> None:
-        """Every few seconds: lag (events and seconds) per partition, GPU memory, and the stall watchdog's verdict."""
-        self._gpu_memory()
-        app, ledger = self.app, self.ledger
-        assigned = app.assignment()
-        try:
-            fetched = await bounded(app.positions(assigned), PROBE_TIMEOUT_S)
-            lag = await bounded(self.probe.lag(assigned, ledger.positions(), fetched, ages=True), PROBE_TIMEOUT_S)
-            orphaned = 0 if assigned else await bounded(self.probe.orphaned_lag(self.settings.input_topic), PROBE_TIMEOUT_S)
-        except Exception as exc:  # noqa: BLE001 - the broker may be away; reconnect next tick
-            log.warning("lag.unavailable", error=repr(exc))
-            await self.probe.stop()
-            return
-        for tp, behind in lag.behind.items():
-            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(behind)
-            metrics.CONSUMER_LAG_SECONDS.labels(tp.topic, str(tp.partition)).set(lag.age_s.get(tp, 0.0))
-        for tp in self._lagging - set(lag.behind):
-            metrics.CONSUMER_LAG.remove(tp.topic, str(tp.partition))
-            metrics.CONSUMER_LAG_SECONDS.remove(tp.topic, str(tp.partition))
-        self._lagging = set(lag.behind)
-        waiting = lag.unfetched + orphaned
-        oldest = ledger.oldest_in_flight()
-        stage_age = time.monotonic() - oldest.stage_since if oldest is not None else None
-        if self.watchdog.stalled(consumed=ledger.consumed_total, pending=ledger.in_flight_events, lag=waiting):
-            reason = f"{waiting} records waiting, none consumed for {self.settings.stall_timeout_s:.0f} s"
-        elif self.watchdog.stuck(stage_age_s=stage_age, retrying=self.pipeline.retrying_since is not None):
-            reason = f"a batch has been {oldest.stage if oldest else '?'} for {stage_age:.0f} s"
-        else:
+        """Every few seconds: GPU memory, lag, and the stall watchdog's verdict (a stall ends the worker)."""
+        self.telemetry.gpu_memory(self._model.device)
+        reason = await self.monitor.check()
+        if reason is None:
             return
         self._stalled = reason
-        log.error("worker.stalled", reason=reason, lag=waiting, seconds=self.settings.stall_timeout_s)
+        log.error("worker.stalled", reason=reason, seconds=self.settings.stall_timeout_s)
         await self._fail(RuntimeError(f"stalled: {reason}"))
 
     async def _log_throughput(self) -> None:
         self.telemetry.log_throughput(self.ledger.in_flight_events)
 
-    def _gpu_memory(self) -> None:
-        if not self._model.device.startswith("cuda"):
-            return
-        import torch
-
-        device = torch.device(self._model.device)
-        metrics.GPU_MEMORY_BYTES.labels(str(device), "allocated").set(torch.cuda.memory_allocated(device))
-        metrics.GPU_MEMORY_BYTES.labels(str(device), "reserved").set(torch.cuda.memory_reserved(device))
-
     # -- pages ------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready: started, owns partitions, and nothing keeps it from doing its job."""
         owned = len(self.ledger.owned)
-        failure = self.pipeline.failure
-        ok = self._started and owned > 0 and failure is None and self._stalled is None
         body: dict[str, Any] = {"assigned_partitions": owned, "model": self._model.name}
+        failure = self.pipeline.failure
+        denied = self.pipeline.denied or self.guarantee.denied
         if failure is not None:
             body["error"] = type(failure).__name__
-        if self._stalled is not None:
+        elif self._stalled is not None:
             body["error"] = "stalled"
+        elif denied is not None:
+            body["error"] = "access_denied"
+            body["missing"] = denied
+        ok = self._started and owned > 0 and "error" not in body
         return ok, body
 
 
@@ -356,19 +328,42 @@ def close_registry(registry: Any, loop: Any) -> None:
         loop.run_until_complete(registry.close())
 
 
-def run_worker(settings: Settings, child_argv: Optional[list[str]] = None) -> int:
-    """Check Kafka, load the model, run the worker until stopped (Faust's Worker handles signals).
+def check_web_port(settings: Settings) -> None:
+    """WEB_PORT free, before the model loads: a busy port fails the start in a second, with a line that says so."""
+    if not settings.web_enabled:
+        return
+    family = socket.AF_INET6 if ":" in settings.web_host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds it
+        try:
+            sock.bind((settings.web_host, settings.web_port))
+        except OSError as exc:
+            message = f"WEB_PORT {settings.web_port} on {settings.web_host} can't be used: {exc.strerror or exc}"
+            log.error("web.port_unavailable", error=message)
+            raise StartupError(message) from None
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    engine_factory: EngineFactory = SentimentEngine.from_settings,
+    child_argv: Optional[list[str]] = None,
+) -> int:
+    """Check the web port and Kafka, load the model, run the worker until stopped (Faust's Worker handles signals).
 
     Kafka is checked first: a wrong address or a missing topic is reported in
-    seconds, not after minutes of loading a model onto a GPU. With
-    WORKER_PROCESSES > 1 the children (``child_argv``, default ``sentiment-worker
-    run``) do the rest (``worker.supervisor``). Returns the exit status.
+    seconds, not after minutes of loading a model onto a GPU. ``engine_factory``
+    makes the engine (the bench's no-op worker and the fault tests give their
+    own). With WORKER_PROCESSES > 1 the children (``child_argv``, default
+    ``sentiment-worker run``) do the rest (``worker.supervisor``). Returns the
+    exit status; once it runs, a shutdown takes at most SHUTDOWN_TIMEOUT_S.
     """
     import asyncio
 
     from worker.model.loading import ModelLoadError
 
     log.info("worker.starting", settings=settings.summary(), allocator="jemalloc" if jemalloc_loaded() else "glibc")
+    check_web_port(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     topics = check_kafka(settings, loop)
@@ -384,14 +379,14 @@ def run_worker(settings: Settings, child_argv: Optional[list[str]] = None) -> in
              guarantee=settings.processing_guarantee.value)
     started = time.perf_counter()
     try:
-        engine = SentimentEngine.from_settings(settings)
+        engine = engine_factory(settings)
         engine.warmup()
     except ModelLoadError as exc:
         log.error("model.load_failed", error=str(exc))
         close_registry(registry, loop)
         raise StartupError(str(exc)) from None
     info = engine.info
-    if settings.output_schema_version == "1" and info.head.value != "single_label":
+    if settings.output_schema_version is SchemaVersion.v1 and info.head.value != "single_label":
         message = f"OUTPUT_SCHEMA_VERSION=1 has no room for a {info.head.value} model: use 2"
         log.error("model.load_failed", error=message)
         close_registry(registry, loop)
@@ -411,20 +406,45 @@ def run_worker(settings: Settings, child_argv: Optional[list[str]] = None) -> in
     if info.random_weights:
         log.warning("model.random_weights", message="RANDOM WEIGHTS: this model's predictions mean nothing")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    deadline = ExitDeadline(settings.shutdown_timeout_s)
     try:
-        service = WorkerService(settings, engine, topics, registry)
+        service = WorkerService(settings, engine, topics, deadline, registry)
     except (RuntimeError, ValueError) as exc:  # TRACING without the otel extra, OTEL_* values it can't use
         log.error("worker.setup_failed", error=str(exc))
         close_registry(registry, loop)
         raise StartupError(str(exc)) from None
-    worker = faust.Worker(
+    worker = BoundedWorker(
         service.app,
+        deadline=deadline,
         loop=loop,
-        loglevel=settings.log_level,
-        logging_config=logs.logging_config(settings.log_level, settings.log_format.value),
+        loglevel=settings.log_level.value,
+        logging_config=logs.logging_config(settings.log_level.value, settings.log_format.value),
         redirect_stdouts=False,
         quiet=True,
         override_logging=True,
     )
     worker.execute_from_commandline()
     return 0  # Faust's Worker exits the process itself
+
+
+def main(
+    settings: Settings,
+    *,
+    engine_factory: EngineFactory = SentimentEngine.from_settings,
+    child_argv: Optional[list[str]] = None,
+) -> int:
+    """What ``sentiment-worker run`` does, with any engine: the allocator, logging, the worker; its exit status.
+
+    A start that can't go on prints one ``error:`` line and returns EXIT_CONFIG.
+    """
+    try:  # first: may re-execute this process with jemalloc (worker.ops.memory)
+        use_allocator(settings.allocator.value)
+    except AllocatorUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure(settings.log_level.value, settings.log_format.value)
+    try:
+        return run_worker(settings, engine_factory=engine_factory, child_argv=child_argv)
+    except StartupError as exc:  # already logged where it happened
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG

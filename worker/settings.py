@@ -94,6 +94,34 @@ class LogFormat(str, Enum):
     console = "console"
 
 
+class LogLevel(str, Enum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class OffsetReset(str, Enum):
+    """Where a group with no committed offset starts reading a partition."""
+
+    earliest = "earliest"
+    latest = "latest"
+
+
+class SchemaVersion(str, Enum):
+    """The output event's schema (schemas/sentiment-output.v<N>.json)."""
+
+    v1 = "1"  # single-label models only
+    v2 = "2"  # any head
+
+
+def secret(value: Optional[SecretStr], file: Optional[Path]) -> Optional[str]:
+    """A secret from its file (preferred: no secret in the environment) or its variable; never logged."""
+    if file is not None:
+        return file.read_text().strip()
+    return value.get_secret_value() if value is not None else None
+
+
 class Settings(BaseSettings):
     """Worker configuration. Each field is the env var of the same name, upper-cased."""
 
@@ -119,8 +147,8 @@ class Settings(BaseSettings):
     topic_replication_factor: int = Field(
         1, ge=1, description="Replication factor of topics this worker creates."
     )
-    auto_offset_reset: str = Field(
-        "earliest", description="Where a new group starts reading: earliest or latest."
+    auto_offset_reset: OffsetReset = Field(
+        OffsetReset.earliest, description="Where a new group starts reading: earliest or latest."
     )
     commit_interval_s: float = Field(
         1.0, gt=0, description="How often the offsets of stored outputs are committed (at-least-once), in seconds."
@@ -202,8 +230,8 @@ class Settings(BaseSettings):
         "The worker's own namespaces (sentiment.*, __sentiment.*, __connect.*) are never copied.",
     )
     drop_headers: str = Field("", description="Input headers never copied (names or glob patterns; wins over COPY_HEADERS).")
-    output_schema_version: str = Field(
-        "2",
+    output_schema_version: SchemaVersion = Field(
+        SchemaVersion.v2,
         description="2: any head (schemas/sentiment-output.v2.json); 1: the version-1 event, single-label models only.",
     )
     multi_label_threshold: float = Field(
@@ -303,7 +331,7 @@ class Settings(BaseSettings):
         Path(os.environ.get("TMPDIR", "/tmp")) / "sentiment-worker",
         description="Scratch directory for Faust's local state.",
     )
-    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_level: LogLevel = Field(LogLevel.info, description="debug, info, warning or error.")
     log_format: LogFormat = Field(LogFormat.auto, description="auto, json or console.")
     tracing: bool = Field(
         False,
@@ -313,6 +341,18 @@ class Settings(BaseSettings):
     stats_interval_s: float = Field(
         30.0, gt=0, description="How often the throughput summary is logged at info."
     )
+    shutdown_timeout_s: float = Field(
+        25.0,
+        ge=5,
+        description="The longest a shutdown takes (SIGTERM, a crash, a failed start), whatever the broker does: "
+        "in-flight batches get most of it, then the process ends. Keep it below the orchestrator's grace period "
+        "(Kubernetes: terminationGracePeriodSeconds, 30 s by default).",
+    )
+
+    @field_validator("log_level", "device", mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -326,54 +366,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"{server!r} is not host:port")
         return ",".join(servers)
 
-    @field_validator("output_schema_version")
-    @classmethod
-    def _check_schema_version(cls, value: str) -> str:
-        if value not in ("1", "2"):
-            raise ValueError("must be 1 or 2")
-        return value
-
-    @field_validator("auto_offset_reset")
-    @classmethod
-    def _check_reset(cls, value: str) -> str:
-        if value not in {"earliest", "latest"}:
-            raise ValueError("must be earliest or latest")
-        return value
-
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
-        value = value.strip().lower()
         base, _, index = value.partition(":")
         if base not in {"auto", "cpu", "cuda", "mps"} or (index and not (base == "cuda" and index.isdigit())):
             raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
         return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _check_level(cls, value: str) -> str:
-        value = value.strip().lower()
-        if value not in {"debug", "info", "warning", "error"}:
-            raise ValueError("must be debug, info, warning or error")
-        return value
-
-    @model_validator(mode="after")
-    def _check_topics(self) -> "Settings":
-        if len({self.input_topic, self.output_topic, self.dead_letter_topic_name}) < 3:
-            raise ValueError("input, output and dead-letter topics must all differ")
-        if self.security_protocol.value.startswith("SASL") and not self.sasl_username:
-            raise ValueError(f"SECURITY_PROTOCOL={self.security_protocol.value} needs SASL_USERNAME")
-        if self.sasl_password_file is not None and not self.sasl_password_file.is_file():
-            raise ValueError(f"SASL_PASSWORD_FILE {self.sasl_password_file} is not a readable file")
-        if (
-            self.processing_guarantee is Guarantee.exactly_once
-            and self.kafka_request_timeout_s * 1000 >= self.transaction_timeout_ms
-        ):
-            raise ValueError(
-                f"TRANSACTION_TIMEOUT_MS ({self.transaction_timeout_ms}) must exceed KAFKA_REQUEST_TIMEOUT_S "
-                f"({self.kafka_request_timeout_s:g} s): a transaction is given up before the broker aborts it"
-            )
-        return self
 
     @field_validator("schema_registry_url")
     @classmethod
@@ -391,6 +390,38 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _check_topic_names(self) -> "Settings":
+        if len({self.input_topic, self.output_topic, self.dead_letter_topic_name}) < 3:
+            raise ValueError("input, output and dead-letter topics must all differ")
+        return self
+
+    @model_validator(mode="after")
+    def _check_secret_files(self) -> "Settings":
+        for name in ("sasl_password_file", "schema_registry_password_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name.upper()} {path} is not a readable file")
+        return self
+
+    @model_validator(mode="after")
+    def _check_sasl(self) -> "Settings":
+        if self.security_protocol.value.startswith("SASL") and not self.sasl_username:
+            raise ValueError(f"SECURITY_PROTOCOL={self.security_protocol.value} needs SASL_USERNAME")
+        return self
+
+    @model_validator(mode="after")
+    def _check_transaction_timeout(self) -> "Settings":
+        if (
+            self.processing_guarantee is Guarantee.exactly_once
+            and self.kafka_request_timeout_s * 1000 >= self.transaction_timeout_ms
+        ):
+            raise ValueError(
+                f"TRANSACTION_TIMEOUT_MS ({self.transaction_timeout_ms}) must exceed KAFKA_REQUEST_TIMEOUT_S "
+                f"({self.kafka_request_timeout_s:g} s): a transaction is given up before the broker aborts it"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_registry(self) -> "Settings":
         framed = [
             f"{name}={fmt.value}"
@@ -404,17 +435,11 @@ class Settings(BaseSettings):
             raise ValueError("SCHEMA_REGISTRY_USERNAME needs SCHEMA_REGISTRY_PASSWORD_FILE (or SCHEMA_REGISTRY_PASSWORD)")
         if has_password and not self.schema_registry_username:
             raise ValueError("a Schema Registry password needs SCHEMA_REGISTRY_USERNAME")
-        if self.schema_registry_password_file is not None and not self.schema_registry_password_file.is_file():
-            raise ValueError(f"SCHEMA_REGISTRY_PASSWORD_FILE {self.schema_registry_password_file} is not a readable file")
         return self
 
     def schema_registry_password_value(self) -> Optional[str]:
         """The password from SCHEMA_REGISTRY_PASSWORD_FILE or SCHEMA_REGISTRY_PASSWORD; never logged."""
-        if self.schema_registry_password_file is not None:
-            return self.schema_registry_password_file.read_text().strip()
-        if self.schema_registry_password is not None:
-            return self.schema_registry_password.get_secret_value()
-        return None
+        return secret(self.schema_registry_password, self.schema_registry_password_file)
 
     @property
     def bootstrap_list(self) -> list[str]:
@@ -426,9 +451,7 @@ class Settings(BaseSettings):
 
     def sasl_password_value(self) -> Optional[str]:
         """The password from SASL_PASSWORD_FILE or SASL_PASSWORD; never logged."""
-        if self.sasl_password_file is not None:
-            return self.sasl_password_file.read_text().strip()
-        return self.sasl_password.get_secret_value() if self.sasl_password is not None else None
+        return secret(self.sasl_password, self.sasl_password_file)
 
     def as_env(self) -> dict[str, str]:
         """These settings as environment variables (for child processes; holds secrets: never log it)."""

@@ -15,7 +15,10 @@ them, and serves the pod's pages on WEB_PORT:
 
 If a child exits, the parent stops the others and exits non-zero, so the
 orchestrator restarts the whole pod; SIGTERM is passed on to every child and
-the parent exits with the first non-zero status among them.
+the parent exits with the first non-zero status among them. Stopping is
+bounded as a whole by SHUTDOWN_TIMEOUT_S (the children get a little less of
+it, so they end on their own first) and never blocks the event loop, which
+keeps answering /health meanwhile; a child still there at the end is killed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -36,8 +40,8 @@ from worker.settings import Settings
 
 log = logs.get_logger(__name__)
 
-STOP_TIMEOUT_S = 40.0
 POLL_S = 0.5
+CHILD_MARGIN_S = 3.0  # a child's SHUTDOWN_TIMEOUT_S is the parent's minus this
 
 
 def _child_env(settings: Settings, index: int, metrics_dir: Path) -> dict[str, str]:
@@ -50,6 +54,7 @@ def _child_env(settings: Settings, index: int, metrics_dir: Path) -> dict[str, s
         WEB_PORT=str(settings.web_port + 1 + index),
         DATA_DIR=str(data_dir),
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        SHUTDOWN_TIMEOUT_S=str(max(5.0, settings.shutdown_timeout_s - CHILD_MARGIN_S)),
     )
     if settings.group_instance_id:
         env["GROUP_INSTANCE_ID"] = f"{settings.group_instance_id}-{index}"
@@ -71,7 +76,6 @@ class Supervisor:
         self.children: list[subprocess.Popen[bytes]] = []
         self.ports: list[int] = []
         self._metrics_dir = Path(tempfile.mkdtemp(prefix="sentiment-metrics-"))
-        self._stopping = False
 
     def start(self) -> None:
         for index in range(self.settings.worker_processes):
@@ -80,19 +84,33 @@ class Supervisor:
             self.children.append(subprocess.Popen(self.argv, env=env))
             log.info("process.started", index=index, pid=self.children[-1].pid, web_port=self.ports[-1])
 
-    def stop(self) -> int:
-        """SIGTERM to every child, then wait (bounded); the first non-zero status, else 0."""
-        self._stopping = True
+    async def stop(self) -> int:
+        """SIGTERM to every child, then wait for all of them together, within SHUTDOWN_TIMEOUT_S.
+
+        A child still running then is killed. Returns the first non-zero status, else 0.
+        """
         for child in self.children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        status = 0
+        await asyncio.to_thread(self._wait_all, self.settings.shutdown_timeout_s - 1.0)
+        return self.kill_all()
+
+    def _wait_all(self, timeout_s: float) -> None:
+        end = time.monotonic() + timeout_s
         for child in self.children:
             try:
-                code = child.wait(timeout=STOP_TIMEOUT_S)
+                child.wait(timeout=max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
+                pass
+
+    def kill_all(self) -> int:
+        """Kill the children still running; the first non-zero status of all, else 0."""
+        status = 0
+        for index, child in enumerate(self.children):
+            if child.poll() is None:
+                log.error("process.killed", index=index, pid=child.pid, reason="still running at the end of the shutdown")
                 child.kill()
-                code = child.wait()
+            code = child.wait()
             status = status or code
         return status
 
@@ -149,14 +167,14 @@ class Supervisor:
                 if gone is not None:
                     index, code = gone
                     log.error("process.exited", index=index, status=code, action="stopping the others")
-                    self.stop()
+                    await self.stop()
                     return code or 1
                 try:
                     await asyncio.wait_for(stop.wait(), POLL_S)
                 except asyncio.TimeoutError:
                     pass
             log.info("processes.stopping", count=len(self.children))
-            return await asyncio.to_thread(self.stop)
+            return await self.stop()
         finally:
             await runner.cleanup()
 
@@ -168,5 +186,4 @@ def supervise(settings: Settings, argv: Optional[list[str]] = None) -> int:
     try:
         return asyncio.run(supervisor.serve())
     finally:
-        if any(child.poll() is None for child in supervisor.children):
-            supervisor.stop()
+        supervisor.kill_all()  # none is left running, whatever happened above

@@ -7,8 +7,8 @@ benchmark measures run the worker the same way.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,9 +29,39 @@ KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka"
 
 
 def free_port() -> int:
+    """A free port on 127.0.0.1, from the kernel's ephemeral range (for servers that are never restarted)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes source ports of outgoing connections from."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def broker_port() -> int:
+    """A free port below the ephemeral range, for a broker that may be stopped and started again.
+
+    While a broker on an ephemeral port is down, a client reconnecting to it can be given
+    that very port as its source port and connect to itself (TCP simultaneous open); the
+    broker then can't bind when it restarts. Below the range no client is given it.
+    """
+    low, _ = ephemeral_ports()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {low}")
 
 
 # ----------------------------------------------------------------------------- the broker
@@ -48,8 +78,8 @@ def start_broker(
     env = {
         **os.environ,
         "KAFKA_DATA_DIR": str(data_dir),
-        "KAFKA_PORT": str(port or free_port()),
-        "KAFKA_CONTROLLER_PORT": str(controller_port or free_port()),
+        "KAFKA_PORT": str(port or broker_port()),
+        "KAFKA_CONTROLLER_PORT": str(controller_port or broker_port()),
         "KAFKA_EXTRA_PROPERTIES": extra_properties,
         "KAFKA_SCRAM_USERS": "\n".join(scram_users),
     }
@@ -77,7 +107,15 @@ def kafka_broker(bootstrap: Optional[str], work: Path) -> Iterator[str]:
         stop_broker(env)
 
 
-async def create_topics(bootstrap: str, names: Sequence[str], partitions: int, *, log_append: Sequence[str] = ()) -> None:
+async def create_topics(
+    bootstrap: str,
+    names: Sequence[str],
+    partitions: int,
+    *,
+    log_append: Sequence[str] = (),
+    configs: Optional[dict[str, str]] = None,
+) -> None:
+    """Topics with ``configs`` (``log_append``: those stamped with the broker's append time), once they have leaders."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -89,7 +127,10 @@ async def create_topics(bootstrap: str, names: Sequence[str], partitions: int, *
                     name,
                     num_partitions=partitions,
                     replication_factor=1,
-                    topic_configs={"message.timestamp.type": "LogAppendTime"} if name in log_append else {},
+                    topic_configs={
+                        **(configs or {}),
+                        **({"message.timestamp.type": "LogAppendTime"} if name in log_append else {}),
+                    },
                 )
                 for name in names
             ]
@@ -101,21 +142,30 @@ async def create_topics(bootstrap: str, names: Sequence[str], partitions: int, *
 
 async def _wait_for_leaders(bootstrap: str, names: Sequence[str], partitions: int, timeout_s: float = 30.0) -> None:
     """New topics take a moment to get partition leaders; producing before that only logs retries."""
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.structs import TopicPartition
+    for name in names:
+        await topic_partitions(bootstrap, name, timeout_s=timeout_s, expected=partitions)
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
+
+async def topic_partitions(bootstrap: str, topic: str, *, timeout_s: float = 30.0, expected: int = 1) -> list[int]:
+    """The topic's partitions, once it has at least ``expected`` of them and each has a leader (admin API)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
     try:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - no public call refreshes it
-            leaders = [cluster.leader_for_partition(TopicPartition(n, p)) for n in names for p in range(partitions)]
-            if all(leader is not None and leader >= 0 for leader in leaders):
-                return
+        while True:
+            # Listed first: describing a topic that doesn't exist would have the broker create it.
+            meta = (await admin.describe_topics([topic]))[0] if topic in await admin.list_topics() else {}
+            found = meta.get("partitions", [])
+            led = all(p.get("leader", -1) >= 0 for p in found)
+            if meta.get("error_code") == 0 and led and len(found) >= expected:
+                return sorted(p["partition"] for p in found)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {topic} has no {expected} partition(s) with leaders after {timeout_s:.0f} s")
             await asyncio.sleep(0.2)
     finally:
-        await consumer.stop()
+        await admin.close()
 
 
 async def produce_texts(bootstrap: str, topic: str, texts: Sequence[str], prefix: str, start: int = 0) -> None:
@@ -169,15 +219,7 @@ class OutputReader:
             max_poll_records=5000,
         )
         await self._consumer.start()
-        partitions = None
-        for _ in range(100):
-            partitions = self._consumer.partitions_for_topic(self.topic)
-            if partitions:
-                break
-            await self._consumer._client.force_metadata_update()  # noqa: SLF001
-            await asyncio.sleep(0.1)
-        assert partitions, f"topic {self.topic} not found"
-        tps = [TopicPartition(self.topic, p) for p in partitions]
+        tps = [TopicPartition(self.topic, p) for p in await topic_partitions(self.bootstrap, self.topic, timeout_s=10)]
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
 
@@ -371,8 +413,3 @@ class WorkerProcess:
 
     def cpu_seconds(self) -> Optional[float]:
         return cpu_seconds(self.proc.pid)
-
-
-def write_json(path: Path, doc: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2))

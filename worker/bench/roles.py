@@ -234,16 +234,11 @@ def noop_worker(argv: list[str]) -> None:
     import torch
 
     from worker.model.engine import SentimentEngine
-    from worker.ops import logs
-    from worker.ops.memory import use_allocator
-    from worker.service import run_worker
+    from worker.service import main
     from worker.settings import Settings
 
-    use_allocator(os.environ.get("ALLOCATOR", "auto"))  # as `run` does
-    original = SentimentEngine.from_settings.__func__  # type: ignore[attr-defined]
-
-    def from_settings(cls: Any, settings: Any) -> Any:
-        engine = original(cls, settings)
+    def noop_engine(settings: Settings) -> SentimentEngine:
+        engine = SentimentEngine.from_settings(settings)
         labels = len(engine.info.labels)
 
         class _Out:
@@ -255,11 +250,8 @@ def noop_worker(argv: list[str]) -> None:
 
         return engine.with_forward(forward)
 
-    SentimentEngine.from_settings = classmethod(from_settings)  # type: ignore[method-assign, assignment]
-    settings = Settings()
-    logs.configure(settings.log_level, settings.log_format.value)
-    sys.argv = ["sentiment-worker", "run"]
-    sys.exit(run_worker(settings, child_argv=[sys.executable, "-m", "worker.bench.roles", "noop_worker"]))
+    child = [sys.executable, "-m", "worker.bench.roles", "noop_worker"]
+    sys.exit(main(Settings(), engine_factory=noop_engine, child_argv=child))
 
 
 # ----------------------------------------------------------------------------- the limit
@@ -282,7 +274,6 @@ def limit(argv: list[str]) -> None:
     args = parser.parse_args(argv)
 
     import numpy as np
-    import orjson
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     from worker.kafka.partitioner import KeyPartitioner

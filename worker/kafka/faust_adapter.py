@@ -22,10 +22,13 @@ that fails loudly if an upgrade renames or changes it:
   already rebalanced (then nothing was committed);
 - ``Consumer.position(tp)`` / ``Consumer.seek(tp, offset)``: fetched records
   that had to be dropped are fetched again;
-- ``faust.App(env=...)`` and the ``web_*_enabled`` settings.
+- ``faust.App(env=...)`` and the ``web_*_enabled`` settings;
+- ``Worker._on_sigterm`` / ``Worker._on_sigint`` (what mode's signal handlers
+  call) and the ``on_worker_shutdown`` hook: every way a shutdown begins arms
+  the exit deadline (``worker.ops.shutdown``).
 
 Faust reads ``read_uncommitted`` unless its own exactly-once mode is on, which
-does not cover our output topic (see ``worker.kafka.publisher``). Producers
+does not cover our output topic (see ``worker.kafka.transactional``). Producers
 that write the input topic in transactions would then have their aborted
 records scored, and their open transactions scored before they commit. Both
 guarantees therefore read ``read_committed``; for producers that don't use
@@ -46,8 +49,9 @@ from aiokafka import TopicPartition
 from faust.app import base as faust_app
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from worker.ops.shutdown import ExitDeadline
+
 ISOLATION_LEVEL = "read_committed"
-IDLE_FETCH_S = 1.0
 
 # mode names a service's logger after the module of its class: name ours under Faust's,
 # so that its chatter stays under the "faust" log level (worker.ops.logs). (Faust's own
@@ -100,7 +104,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
             raise RuntimeError("InputApp.intake must be set before the app starts")
         consumer_stopped = self._stopped.is_set
         fetcher_stopped = fetcher._stopped.is_set  # noqa: SLF001
-        app = self.app
         try:
             while not (consumer_stopped() or fetcher_stopped()):
                 # Records are never dropped here: a fetch that straddles a rebalance is judged by
@@ -192,3 +195,28 @@ class InputApp(faust.App):
 
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(tp.topic, tp.partition) for tp in self.consumer.assignment()]
+
+
+class BoundedWorker(faust.Worker):
+    """Faust's Worker, whose shutdown ends within SHUTDOWN_TIMEOUT_S however it begins.
+
+    A signal arms the deadline with status 0 (asked to stop); any other way out
+    (a start that failed, an app that stopped on its own) with status 1. A crash
+    arms it before it gets here (``worker.service``).
+    """
+
+    def __init__(self, *args: Any, deadline: ExitDeadline, **kwargs: Any) -> None:
+        self._deadline = deadline
+        super().__init__(*args, **kwargs)
+
+    def _on_sigterm(self) -> None:
+        self._deadline.arm("SIGTERM", 0)
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._deadline.arm("SIGINT", 0)
+        super()._on_sigint()
+
+    def on_worker_shutdown(self) -> None:
+        self._deadline.arm("the worker stopped without a signal", 1)
+        super().on_worker_shutdown()

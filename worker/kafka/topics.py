@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 
 from worker.kafka.errors import describe
 from worker.ops import logs
@@ -153,7 +153,12 @@ async def _max_message_bytes(admin: AIOKafkaAdminClient, topics: Sequence[str]) 
     limits: dict[str, int] = {}
     for response in responses:
         for resource in response.resources:
-            name, entries = resource[3], resource[4]
+            error_code, name, entries = resource[0], resource[3], resource[4]
+            if error_code:
+                # Without DescribeConfigs on the topic: the broker's refusal of an oversized
+                # record still turns it into a dead letter, only later (worker.pipeline.delivery).
+                log.warning("topics.limit_unknown", topic=name, error=describe(for_code(error_code)()),
+                            consequence="record sizes are not checked before sending")
             for entry in entries:
                 if entry[0] == "max.message.bytes" and entry[1] is not None:
                     limits[name] = int(entry[1])

@@ -28,6 +28,7 @@ from worker.model.batching import (
     plan_sub_batches,
 )
 from worker.model.loading import Head, ModelInfo, ModelLoadError, load_pretrained
+from worker.model.report import BatchReport
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -86,31 +87,6 @@ class Encoded:
             text_of_row,
             [self.type_ids[r] for r in rows] if self.type_ids is not None else None,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class BatchReport:
-    """What one inference call did, for logs and metrics."""
-
-    rows: int
-    real_tokens: int
-    padded_tokens: int
-    model_calls: int
-
-    @property
-    def padding_efficiency(self) -> float:
-        return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
-
-    def __add__(self, other: "BatchReport") -> "BatchReport":
-        return BatchReport(
-            self.rows + other.rows,
-            self.real_tokens + other.real_tokens,
-            self.padded_tokens + other.padded_tokens,
-            self.model_calls + other.model_calls,
-        )
-
-
-EMPTY_REPORT = BatchReport(0, 0, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)

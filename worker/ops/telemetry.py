@@ -1,19 +1,77 @@
 """The pipeline's observer: Prometheus metrics, log lines and running totals, per batch.
 
-Logs name where a record was (topic, partition, offset) and why it was set
-aside, never its content.
+Implements ``worker.pipeline.observer.Observer`` by its shape alone (ops/
+never imports the pipeline). Logs name where a record was (topic, partition,
+offset) and why it was set aside, never its content.
+
+Threads: ``dead_lettered`` is called from the outputs thread, everything else
+from the event loop. Only the loop writes the running totals; the outputs
+thread touches nothing but Prometheus' metrics (locked) and the log.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 from worker.ops import logs, metrics
-from worker.pipeline.observer import BatchDone
 
 log = logs.get_logger("worker.pipeline")
+
+
+class CallReport(Protocol):
+    """A batch's model calls in numbers (``worker.model.report.BatchReport``)."""
+
+    @property
+    def real_tokens(self) -> int: ...
+
+    @property
+    def padded_tokens(self) -> int: ...
+
+    @property
+    def model_calls(self) -> int: ...
+
+    @property
+    def padding_efficiency(self) -> float: ...
+
+
+class BatchSummary(Protocol):
+    """One batch through to the broker (``worker.pipeline.observer.BatchDone``)."""
+
+    @property
+    def events(self) -> int: ...
+
+    @property
+    def scored(self) -> int: ...
+
+    @property
+    def dead_lettered(self) -> int: ...
+
+    @property
+    def report(self) -> CallReport: ...
+
+    @property
+    def encode_s(self) -> float: ...
+
+    @property
+    def infer_s(self) -> float: ...
+
+    @property
+    def publish_s(self) -> float: ...
+
+    @property
+    def total_s(self) -> float: ...
+
+    @property
+    def input_timestamps_ms(self) -> Sequence[int]: ...
+
+    @property
+    def input_lengths(self) -> Sequence[int]: ...
+
+    @property
+    def truncated(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -27,7 +85,6 @@ class Totals:
     real_tokens: int = 0
     padded_tokens: int = 0
     abandoned: int = 0
-    dead_lettered_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 class Telemetry:
@@ -46,8 +103,7 @@ class Telemetry:
         metrics.IN_FLIGHT.inc(events)
 
     def dead_lettered(self, reason: str, topic: str, partition: int, offset: int, error: str) -> None:
-        totals = self.totals
-        totals.dead_lettered_by_reason[reason] = totals.dead_lettered_by_reason.get(reason, 0) + 1
+        """Called from the outputs thread: a metric and a log line, no state of ours (see above)."""
         metrics.EVENTS_DEAD_LETTERED.labels(reason).inc()
         log.warning(
             "record.dead_lettered",
@@ -59,7 +115,7 @@ class Telemetry:
             dead_letter_topic=self._dead_letter_topic,
         )
 
-    def batch_done(self, done: BatchDone) -> None:
+    def batch_done(self, done: BatchSummary) -> None:
         totals = self.totals
         report = done.report
         totals.batches += 1
@@ -116,6 +172,12 @@ class Telemetry:
         if outcome != "committed":
             log.warning("transaction." + outcome, count=count)
 
+    def access_denied(self, missing: str, during: str, error: str) -> None:
+        log.error("kafka.access_denied", during=during, missing=missing, error=error)
+
+    def access_restored(self, during: str) -> None:
+        log.info("kafka.access_restored", during=during)
+
     def pipeline_failed(self, error: BaseException) -> None:
         metrics.FAILURES.inc()
         log.error("pipeline.failed", error=repr(error), exc_info=error)
@@ -134,4 +196,15 @@ class Telemetry:
             batches=totals.batches,
             padding_efficiency=round(totals.real_tokens / totals.padded_tokens, 3) if totals.padded_tokens else None,
             in_flight=in_flight,
+            abandoned=totals.abandoned,
         )
+
+    def gpu_memory(self, device: str) -> None:
+        """GPU memory gauges, for a model on CUDA (torch is only imported then)."""
+        if not device.startswith("cuda"):
+            return
+        import torch
+
+        gpu = torch.device(device)
+        metrics.GPU_MEMORY_BYTES.labels(str(gpu), "allocated").set(torch.cuda.memory_allocated(gpu))
+        metrics.GPU_MEMORY_BYTES.labels(str(gpu), "reserved").set(torch.cuda.memory_reserved(gpu))

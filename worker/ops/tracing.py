@@ -70,6 +70,16 @@ class Tracing:
         self._propagator = TraceContextTextMapPropagator()
         self._getter = _getter()
 
+    def extract(self, headers: Sequence[Header]) -> Any:
+        """The trace context a record's headers carry (W3C traceparent)."""
+        return self._propagator.extract(headers, getter=self._getter)
+
+    def inject(self, ctx: Any) -> tuple[Header, ...]:
+        """Headers that carry ``ctx`` (traceparent, and tracestate where there is one)."""
+        carrier: dict[str, str] = {}
+        self._propagator.inject(carrier, context=ctx)
+        return tuple((k, v.encode("latin-1")) for k, v in carrier.items())
+
     def batch(self, records: Sequence[Any], started_ns: int) -> "BatchTrace":
         """A batch's trace, started when it was consumed."""
         return BatchTrace(self, records, started_ns)
@@ -119,7 +129,7 @@ class BatchTrace:
         for index, record in enumerate(records):
             headers = record.headers
             if headers and any(k == "traceparent" for k, _ in headers):
-                ctx = tracing._propagator.extract(headers, getter=tracing._getter)
+                ctx = tracing.extract(headers)
                 span_context = trace.get_current_span(ctx).get_span_context()
                 if span_context.is_valid:
                     parents[index] = ctx
@@ -130,7 +140,7 @@ class BatchTrace:
         self.span.set_attribute("messaging.batch.message_count", len(records))
         self.span.set_attribute("messaging.system", "kafka")
         batch_ctx = trace.set_span_in_context(self.span)
-        self._batch_headers = _inject(tracing, batch_ctx)
+        self._batch_headers = tracing.inject(batch_ctx)
         self._record_spans: dict[int, Any] = {}
         self._record_headers: dict[int, tuple[Header, ...]] = {}
         own = Link(self.span.get_span_context())
@@ -143,7 +153,7 @@ class BatchTrace:
             span.set_attribute("messaging.kafka.partition", record.partition)
             span.set_attribute("messaging.kafka.offset", record.offset)
             self._record_spans[index] = span
-            self._record_headers[index] = _inject(tracing, trace.set_span_in_context(span))
+            self._record_headers[index] = tracing.inject(trace.set_span_in_context(span))
 
     def headers(self, index: int) -> tuple[Header, ...]:
         """traceparent (and tracestate) for the output of the batch's ``index``-th record."""
@@ -167,9 +177,3 @@ class BatchTrace:
             span.end(end_time=end_ns)
         self.span.set_status(status)
         self.span.end(end_time=end_ns)
-
-
-def _inject(tracing: Tracing, ctx: Any) -> tuple[Header, ...]:
-    carrier: dict[str, str] = {}
-    tracing._propagator.inject(carrier, context=ctx)
-    return tuple((k, v.encode("latin-1")) for k, v in carrier.items())

@@ -15,9 +15,6 @@ import orjson
 
 from worker.settings import InputFormat
 
-INPUT_SCHEMA_VERSION = "1"
-OUTPUT_SCHEMA_VERSIONS = ("1", "2")
-
 Timestamp = Union[str, int, float]
 
 
@@ -90,8 +87,8 @@ def from_document(doc: Any) -> InputRecord:
     if metadata is not None and not isinstance(metadata, dict):
         raise DecodeError("invalid_metadata", f'"metadata" is {type(metadata).__name__}, not an object')
     if metadata:
-        try:  # orjson reads 1,024 levels but writes only ~254: refuse what can't be passed through
-            orjson.dumps(metadata)
+        try:  # orjson reads 1,024 levels but writes only ~254: refuse what can't be passed through,
+            orjson.dumps({"metadata": metadata})  # at the depth the output event holds it
         except orjson.JSONEncodeError:
             raise DecodeError("invalid_metadata", '"metadata" is nested too deeply to pass through') from None
     ts = doc.get("ts")

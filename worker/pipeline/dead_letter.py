@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from worker.kafka.publisher import Outbound
+from worker.kafka.records import Outbound
 
 REASON_HEADER = "__sentiment.errors.reason"
 KEY_NULL_HEADER = "__sentiment.errors.key.null"

@@ -11,7 +11,10 @@ The policy, per failure (see ``worker.kafka.errors`` for how failures are told a
 - anything else is retried with exponential backoff, offsets held, until it
   works or ``retry_budget_s`` has passed since the first failure: then
   :class:`DeliveryFailed` stops the worker (its replacement starts again from
-  the committed offsets), rather than a partition stalling unseen.
+  the committed offsets), rather than a partition stalling unseen;
+- a missing ACL is retried the same way (an operator can grant it), but said
+  at once: ``denied`` names the missing right until a delivery succeeds
+  (/ready answers 503 meanwhile), with one log line when it starts.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from typing import Any, Optional, Protocol
 
 from aiokafka import TopicPartition
 
-from worker.kafka.errors import describe
-from worker.kafka.publisher import Delivery, Outbound, PartitionFenced, Rejected
+from worker.kafka.errors import Verdict, classify, describe, missing_right
+from worker.kafka.records import Delivery, Outbound, PartitionFenced, Rejected
 from worker.pipeline.observer import Observer
 
 FENCED_PAUSE_S = 0.2
@@ -79,6 +82,7 @@ class Deliverer:
         self._retry_budget_s = retry_budget_s
         self._backoff_initial_s = backoff_initial_s
         self.failing_since: Optional[float] = None  # monotonic time of the current run of failures
+        self.denied: Optional[str] = None  # the missing right, while publishing is refused for one
 
     async def deliver(self, deliveries: Sequence[Delivery], epoch: int) -> list[Delivery]:
         """The deliveries now stored (all, unless partitions moved or the epoch ended meanwhile)."""
@@ -117,6 +121,8 @@ class Deliverer:
                         errors.append(result)
                         again.append(unit)
                 pending = again
+                if not pending:
+                    self._allowed()
                 if not pending or not (errors or fenced):
                     continue
                 now = time.monotonic()
@@ -129,6 +135,7 @@ class Deliverer:
                     ) from (errors[0] if errors else None)
                 if errors:
                     topics = sorted({r.topic for unit in pending for d in unit for r in d.records})
+                    self._check_denied(errors, topics)
                     self._observer.publish_failed(describe(errors[0]), topics, attempt, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._backoff_max_s)
@@ -137,6 +144,20 @@ class Deliverer:
             return stored
         finally:
             self.failing_since = None
+
+    def _check_denied(self, errors: Sequence[BaseException], topics: Sequence[str]) -> None:
+        denial = next((exc for exc in errors if classify(exc) is Verdict.DENIED), None)
+        if denial is None:
+            return
+        right = missing_right(denial, topic_operation="Write", topics=topics)
+        if right != self.denied:
+            self._observer.access_denied(right, "publish", describe(denial))
+        self.denied = right
+
+    def _allowed(self) -> None:
+        if self.denied is not None:
+            self.denied = None
+            self._observer.access_restored("publish")
 
     def _replace(self, rejected: Rejected) -> None:
         for delivery, index, exc in rejected.refused:

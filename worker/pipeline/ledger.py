@@ -140,10 +140,6 @@ class OffsetLedger:
 
     # -- what the lag probe and the watchdog read --------------------------------------
 
-    def position(self, tp: TopicPartition) -> Optional[int]:
-        """The next offset whose output is not stored yet, where known."""
-        return self._stored.get(tp)
-
     def positions(self) -> dict[TopicPartition, int]:
         return {tp: pos for tp, pos in self._stored.items() if tp in self._owned}
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
-from worker.model.engine import BatchReport
+from worker.model.report import BatchReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,10 @@ class Observer(Protocol):
     def publish_failed(self, error: str, topics: Sequence[str], attempt: int, retry_in_s: float) -> None: ...
 
     def transactions(self, outcome: str, count: int = 1) -> None: ...
+
+    def access_denied(self, missing: str, during: str, error: str) -> None: ...
+
+    def access_restored(self, during: str) -> None: ...
 
     def pipeline_failed(self, error: BaseException) -> None: ...
 
@@ -79,6 +83,12 @@ class NullObserver:
         pass
 
     def transactions(self, outcome: str, count: int = 1) -> None:
+        pass
+
+    def access_denied(self, missing: str, during: str, error: str) -> None:
+        pass
+
+    def access_restored(self, during: str) -> None:
         pass
 
     def pipeline_failed(self, error: BaseException) -> None:

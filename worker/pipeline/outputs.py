@@ -17,9 +17,8 @@ from typing import Any, Optional, Protocol, Union
 
 import orjson
 from aiokafka import TopicPartition
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from worker.kafka.publisher import Delivery, Outbound
+from worker.kafka.records import Delivery, Outbound, record_size
 from worker.model.loading import Head, ModelInfo
 from worker.pipeline.codec import DecodeError, InputRecord, Source, output_document
 from worker.pipeline.dead_letter import dead_letter, without_value
@@ -28,17 +27,10 @@ from worker.pipeline.observer import BatchTraceLike
 from worker.pipeline.scoring import Scored
 
 Decoded = Union[InputRecord, DecodeError]
-# What aiokafka's batch builder may add around one record, on top of its estimate's bytes.
-SIZE_MARGIN = 64
 
 
 class DeadLetterObserver(Protocol):
     def dead_lettered(self, reason: str, topic: str, partition: int, offset: int, error: str) -> None: ...
-
-
-def record_size(record: Outbound) -> int:
-    """An upper bound of the record's size in a record batch of its own (what max.message.bytes limits)."""
-    return DefaultRecordBatchBuilder.estimate_size_in_bytes(record.key, record.value, list(record.headers)) + SIZE_MARGIN
 
 
 class OutputBuilder:

@@ -24,7 +24,8 @@ from typing import TypeVar, Union
 
 import numpy as np
 
-from worker.model.engine import EMPTY_REPORT, BatchReport, Encoded, Scores, SentimentEngine
+from worker.model.engine import Encoded, Scores, SentimentEngine
+from worker.model.report import EMPTY_REPORT, BatchReport
 
 PROBE_TEXT = "a known-good probe text"
 T = TypeVar("T")

@@ -10,7 +10,8 @@ everything of a batch does it report the batch's offsets to the ledger.
 
 Anything that can't be retried away (a systemic model failure, the retry
 budget spent, a record nothing can be written for) stops the pipeline: the
-failure is kept, nothing of that batch or later is reported stored, and the
+failure is kept, nothing of that batch or later is reported stored, nobody
+waits for the rest to drain (:meth:`Pipeline.drain` returns at once), and the
 ``on_failure`` callback ends the worker.
 """
 
@@ -24,14 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
-from worker.kafka.publisher import Delivery
+from worker.kafka.records import Delivery
 from worker.pipeline.batcher import Cut
 from worker.pipeline.codec import DecodeError, InputRecord, decode
 from worker.pipeline.delivery import Deliverer
 from worker.pipeline.ledger import BatchTicket, OffsetLedger
 from worker.pipeline.observer import BatchDone, BatchTraceLike, Observer, Tracer
-from worker.pipeline.outputs import OutputBuilder
-from worker.pipeline.scoring import BatchScorer, Scored
+from worker.pipeline.scoring import Scored
 from worker.settings import InputFormat
 
 MERGE_MAX_BATCHES = 8
@@ -43,6 +43,22 @@ class InputDecoder(Protocol):
     async def prepare(self, values: Sequence[Optional[bytes]]) -> None: ...
 
     def decode(self, value: Optional[bytes]) -> InputRecord: ...
+
+
+class Scorer(Protocol):
+    """Texts to scores (``worker.pipeline.scoring.BatchScorer``)."""
+
+    async def score(self, texts: Sequence[str]) -> Scored: ...
+
+    def close(self) -> None: ...
+
+
+class Builder(Protocol):
+    """Scores to records to write (``worker.pipeline.outputs.OutputBuilder``); runs in the outputs thread."""
+
+    def build(
+        self, records: Sequence[Any], decoded: Sequence[Any], scored: Scored, trace: Optional[BatchTraceLike] = None
+    ) -> list[Delivery]: ...
 
 
 @dataclass(slots=True)
@@ -61,8 +77,8 @@ class Pipeline:
     def __init__(
         self,
         *,
-        scorer: BatchScorer,
-        builder: OutputBuilder,
+        scorer: Scorer,
+        builder: Builder,
         deliverer: Deliverer,
         ledger: OffsetLedger,
         observer: Observer,
@@ -106,13 +122,24 @@ class Pipeline:
         """Monotonic time since which the current delivery keeps failing, if it does."""
         return self._deliverer.failing_since
 
+    @property
+    def queued_ready(self) -> int:
+        """Batches scored and built, waiting for the publisher."""
+        return sum(1 for item in self._pending if item.work.done())
+
+    @property
+    def denied(self) -> Optional[str]:
+        """The right the broker says is missing, while publishing is refused for one."""
+        return self._deliverer.denied
+
     async def drain(self, timeout: float) -> bool:
-        """Wait until every submitted batch is stored (or dropped); False if that took too long."""
+        """Wait until every submitted batch is stored (or dropped); False if that took too long, or never
+        will happen (the pipeline failed)."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
         except asyncio.TimeoutError:
             return False
+        return self._failure is None
 
     def abandon(self) -> None:
         """The epoch ended with batches still in flight: stop delivering them (the ledger forgot them)."""
@@ -126,6 +153,9 @@ class Pipeline:
             self._publisher.cancel()
             await asyncio.gather(self._publisher, return_exceptions=True)
             self._publisher = None
+        for item in self._pending:  # never to be published (a failure, or the drain timed out)
+            item.work.cancel()
+        await asyncio.gather(*(item.work for item in self._pending), return_exceptions=True)
         self._scorer.close()
         self._outputs_pool.shutdown(wait=False, cancel_futures=True)
         return drained
@@ -206,6 +236,7 @@ class Pipeline:
             raise
         except BaseException as exc:  # noqa: BLE001 - anything here must stop the line
             self._failure = exc
+            self._idle.set()  # nothing more will be stored: don't keep a drain waiting for it
             self._observer.pipeline_failed(exc)
             if self._on_failure is not None:
                 await self._on_failure(exc)
@@ -223,7 +254,11 @@ class Pipeline:
                 self._ledger.finished(item.ticket)
         if not current:
             return
-        results = [item.work.result() for item in current]  # raises the scoring failure, if any
+        errors = [item.work.exception() for item in current]  # each one retrieved, none left unseen
+        failed = next((error for error in errors if error is not None), None)
+        if failed is not None:
+            raise failed  # the scoring failure
+        results = [item.work.result() for item in current]
         for item in current:
             self._ledger.publishing(item.ticket)
         merged: dict[Any, Delivery] = {}

@@ -20,7 +20,6 @@ ACCEPT = "application/vnd.schemaregistry.v1+json, application/vnd.schemaregistry
 
 AVRO = "AVRO"
 JSON = "JSON"
-PROTOBUF = "PROTOBUF"
 
 
 class RegistryError(Exception):
@@ -115,6 +114,10 @@ class RegistryClient:
         if status >= 500 or status == 429:
             raise RegistryUnavailable(text, status, error_code)
         raise RegistryError(text, status, error_code)
+
+    async def subjects(self) -> list[str]:
+        """GET /subjects: the registered subjects (also: does the registry answer at all)."""
+        return list(await self._call("GET", "/subjects"))
 
     async def schema_by_id(self, schema_id: int) -> RegisteredSchema:
         """GET /schemas/ids/{id}; cached for the life of the client."""

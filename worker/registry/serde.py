@@ -21,7 +21,7 @@ import asyncio
 import io
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -295,7 +295,7 @@ async def register_output_schema(client: RegistryClient, settings: Settings) -> 
 async def check_reachable(client: RegistryClient) -> None:
     """Input only: the registry answers (GET /subjects), so a wrong URL fails at start, not at the first record."""
     try:
-        await client._call("GET", "/subjects")  # noqa: SLF001 - the one call with no other use
+        await client.subjects()
     except RegistryUnavailable as exc:
         raise RegistrySetupError(f"the Schema Registry can't be reached: {exc}") from None
     except RegistryError as exc:
@@ -381,6 +381,3 @@ class InputSerializer:
         buffer.write(self._header)
         fastavro_module().schemaless_writer(buffer, self._parsed, doc, strict=True)
         return buffer.getvalue()
-
-    def encode_all(self, records: Sequence[InputRecord]) -> list[bytes]:
-        return [self.encode(record) for record in records]

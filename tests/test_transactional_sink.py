@@ -1,12 +1,13 @@
-"""The exactly-once publisher against the real broker: ownership changes never duplicate or drop a share.
+"""The exactly-once sink against the real broker: ownership changes never duplicate or drop a share.
 
-These drive :class:`TransactionalPublisher` directly, the way the pipeline does
+These drive :class:`TransactionalSink` directly, the way the pipeline does
 around rebalances, so each ownership race is reproduced deterministically
 rather than hoped for in a fault run.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
@@ -14,23 +15,24 @@ import pytest
 from aiokafka import TopicPartition
 
 from tests.kafka_helpers import committed_offsets, consume_all, create_topic
-from worker.kafka.publisher import Delivery, Outbound, PartitionFenced, TransactionalPublisher
+from worker.kafka.records import Delivery, Outbound, PartitionFenced
+from worker.kafka.transactional import TransactionalSink
 from worker.pipeline.ledger import OffsetLedger
 
 pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture
-async def publishers(bootstrap: str, topics: dict[str, str]) -> AsyncIterator[Callable[[], TransactionalPublisher]]:
+async def publishers(bootstrap: str, topics: dict[str, str]) -> AsyncIterator[Callable[[], TransactionalSink]]:
     """Publishers of one consumer group (as replicas would have); all stopped at the end."""
-    await create_topic(bootstrap, topics["input_topic"], 1)
+    await create_topic(bootstrap, topics["input_topic"], 2)
     await create_topic(bootstrap, topics["output_topic"], 1)
-    made: list[TransactionalPublisher] = []
+    made: list[TransactionalSink] = []
 
-    def make() -> TransactionalPublisher:
-        ledger = OffsetLedger()  # each replica has its own; this one owns input partition 0
-        ledger.assigned([TopicPartition(topics["input_topic"], 0)])
-        publisher = TransactionalPublisher(
+    def make() -> TransactionalSink:
+        ledger = OffsetLedger()  # each replica has its own; this one owns both input partitions
+        ledger.assigned([TopicPartition(topics["input_topic"], p) for p in (0, 1)])
+        publisher = TransactionalSink(
             bootstrap, group_id=topics["group_id"], floors=ledger, transaction_timeout_ms=10000, request_timeout_ms=5000
         )
         made.append(publisher)
@@ -41,11 +43,12 @@ async def publishers(bootstrap: str, topics: dict[str, str]) -> AsyncIterator[Ca
         await publisher.stop()
 
 
-def share(topics: dict[str, str], offsets: range) -> Delivery:
-    """What the pipeline hands over for input partition 0: one output per input offset."""
-    delivery = Delivery(TopicPartition(topics["input_topic"], 0))
+def share(topics: dict[str, str], offsets: range, partition: int = 0) -> Delivery:
+    """What the pipeline hands over for an input partition: one output per input offset (value p:offset)."""
+    delivery = Delivery(TopicPartition(topics["input_topic"], partition))
     for offset in offsets:
-        delivery.add(offset, Outbound(topics["output_topic"], str(offset).encode(), str(offset).encode()))
+        value = str(offset).encode() if partition == 0 else f"{partition}:{offset}".encode()
+        delivery.add(offset, Outbound(topics["output_topic"], value, value))
     return delivery
 
 
@@ -116,3 +119,30 @@ async def test_returning_owner_with_a_fenced_producer_does_not_drop_the_share(bo
 
     assert await outputs_per_offset(bootstrap, topics, expected=30) == Counter(range(30))
     assert await committed_offsets(bootstrap, topics["group_id"], topics["input_topic"]) == {0: 30}
+
+
+async def test_concurrent_units_after_a_revocation_each_start_on_a_fresh_producer(bootstrap, topics, publishers) -> None:
+    """The deliverer runs one unit per input partition concurrently. After a revocation, the
+    first unit to run must not leave the released producers in the map while it closes them:
+    a second unit would take one that is about to be closed and begin a transaction on it
+    (a spurious abort, and a transaction that does not start on a fresh producer)."""
+    publisher = publishers()
+    tps = [TopicPartition(topics["input_topic"], p) for p in (0, 1)]
+    await publisher.start()
+    first = await asyncio.gather(*(publisher.deliver([share(topics, range(0, 5), p)]) for p in (0, 1)), return_exceptions=True)
+    assert first == [None, None]
+    before = {tp: publisher.producer_of(tp) for tp in tps}
+    assert all(before.values())
+
+    publisher.release(tps)  # revoked, and assigned straight back
+    again = await asyncio.gather(*(publisher.deliver([share(topics, range(5, 10), p)]) for p in (0, 1)), return_exceptions=True)
+
+    assert again == [None, None], again
+    after = {tp: publisher.producer_of(tp) for tp in tps}
+    assert all(after[tp] is not None and after[tp] is not before[tp] for tp in tps)
+    received = await consume_all(bootstrap, topics["output_topic"], expected=20, settle_s=1.0)
+    assert sorted(r.value for r in received) == sorted(
+        [str(o).encode() for o in range(10)] + [f"1:{o}".encode() for o in range(10)]
+    )
+    committed = await committed_offsets(bootstrap, topics["group_id"], topics["input_topic"])
+    assert committed == {0: 10, 1: 10}
