@@ -12,7 +12,7 @@ from typing import Any
 import hypothesis  # noqa: F401 - see below
 import pytest
 
-from tests.kafka_helpers import free_port, start_broker, stop_broker
+from tests.kafka_helpers import broker, free_port
 from worker.bench.harness import WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,13 +38,9 @@ def kafka_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     """A single-node KRaft broker of the tests' own (own data dir, free ports), via deploy/local/kafka."""
     # The broker aborts transactions that outlive their timeout on this interval (default 10 s,
     # which would make the pause scenario in test_faults hit an open transaction only now and then).
-    env = start_broker(
-        tmp_path_factory.mktemp("kafka-data"), "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000"
-    )
-    try:
+    extra = "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000"
+    with broker(tmp_path_factory.mktemp("kafka-data"), extra) as env:
         yield env
-    finally:
-        stop_broker(env)
 
 
 @pytest.fixture(scope="session")
@@ -108,9 +104,8 @@ def worker_factory(bootstrap: str, tiny_model: Path, tmp_path: Path) -> Iterator
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Print the fault-scenario figures (tests/test_faults.py) as a table, and keep them as JSON."""
-    from tests import test_faults
-
-    if not test_faults.RESULTS:
+    test_faults = sys.modules.get("tests.test_faults")  # not imported here: only if collected
+    if test_faults is None or not test_faults.RESULTS:
         return
     import json
 

@@ -6,16 +6,15 @@ rendered objects. Used by tests/test_helm_chart.py and tests/test_deploy_k8s.py.
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from tests.conftest import REPO
 from tests.upstream_schemas import helm
 
-REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "deploy" / "helm" / "sentiment-worker"
 EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"

@@ -6,23 +6,62 @@ Nothing here asks the worker what it did; everything is read back from the broke
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
-from worker.bench.harness import free_port, start_broker, stop_broker  # noqa: F401 - one harness for tests and bench
+from worker.bench.harness import (  # noqa: F401 - one harness for the tests and the bench
+    KAFKA_SCRIPT,
+    broker_port,
+    create_topics,
+    ephemeral_ports,
+    free_port,
+    start_broker,
+    stop_broker,
+    topic_partitions,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 
 
-KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka"
+@contextlib.contextmanager
+def broker(data_dir: Path, extra_properties: str = "", **options: Any) -> Iterator[dict[str, str]]:
+    """The one broker helper: a broker of the test's own (deploy/local/kafka), stopped at the end.
+
+    Yields its environment, with BOOTSTRAP; its ports lie below the ephemeral range, so it may
+    be stopped and started again (``worker.bench.harness.broker_port``).
+    """
+    env = start_broker(data_dir, extra_properties, **options)
+    try:
+        yield env
+    finally:
+        stop_broker(env)
+
+
+async def until(predicate: Callable[[], Any], timeout_s: float, what: str, *, interval_s: float = 0.05) -> Any:
+    """The one polling helper: ``predicate`` (plain or async) until it gives something truthy, which is returned.
+
+    For conditions no event object announces (a log line, a broker's answer); a test that
+    gets no answer in time fails naming ``what`` it waited for.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(interval_s)
 
 
 @dataclass(frozen=True)
@@ -49,14 +88,8 @@ class Received:
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int, config: Optional[dict[str, str]] = None) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(topic, num_partitions=partitions, replication_factor=1, topic_configs=config or {})]
-        )
-    finally:
-        await admin.close()
+    """The one topic helper: a topic with ``config``, returned once every partition has a leader."""
+    await create_topics(bootstrap, [topic], partitions, configs=config)
 
 
 @dataclass(frozen=True)
@@ -116,12 +149,7 @@ async def consume_all(
     out: list[Received] = []
     try:
         deadline = time.monotonic() + timeout_s
-        partitions = None
-        while partitions is None and time.monotonic() < deadline:
-            partitions = await _partitions(consumer, topic)
-            if partitions is None:
-                await asyncio.sleep(0.2)
-        assert partitions, f"topic {topic} never appeared"
+        partitions = await topic_partitions(bootstrap, topic, timeout_s=timeout_s)
         consumer.assign([TopicPartition(topic, p) for p in partitions])
         quiet_since = None
         while time.monotonic() < deadline:
@@ -143,17 +171,21 @@ async def consume_all(
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> Optional[set[int]]:
-    cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - no public call refreshes it
-    return cluster.partitions_for_topic(topic)
+async def topic_names(bootstrap: str) -> set[str]:
+    """The topics the broker has (asking for them by name would create them, on brokers that auto-create)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = await _partitions(consumer, topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic, timeout_s=10)]
         ends = await consumer.end_offsets(tps)
         return {tp.partition: offset for tp, offset in ends.items()}
     finally:
@@ -174,22 +206,25 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
 async def wait_committed(bootstrap: str, group: str, topic: str, target: dict[int, int], timeout_s: float = 30.0) -> dict[int, int]:
     """Poll until the committed offsets reach ``target`` (the commit timer runs every second).
 
-    Returns the committed offset of every partition in ``target`` (0 where none is committed).
+    Returns the committed offset of every partition in ``target`` (0 where none is committed),
+    reached or not: the caller's assertion shows the difference.
     """
-    deadline = time.monotonic() + timeout_s
     current: dict[int, int] = {}
-    while time.monotonic() < deadline:
+
+    async def reached() -> bool:
+        nonlocal current
         current = await committed_offsets(bootstrap, group, topic)
-        if all(current.get(p, 0) >= o for p, o in target.items()):
-            break
-        await asyncio.sleep(0.3)
+        return all(current.get(p, 0) >= o for p, o in target.items())
+
+    with contextlib.suppress(AssertionError):
+        await until(reached, timeout_s, "the committed offsets", interval_s=0.3)
     return {p: current.get(p, 0) for p in target}
 
 
 def committed_offsets_cli(kafka_env: dict[str, str], group: str, topic: str) -> dict[int, int]:
     """Committed offsets read by Kafka's own consumer-group tool, a client that isn't ours."""
     out = subprocess.run(
-        [str(REPO / "deploy" / "local" / "kafka"), "groups", "--bootstrap-server", kafka_env["BOOTSTRAP"],
+        [str(KAFKA_SCRIPT), "groups", "--bootstrap-server", kafka_env["BOOTSTRAP"],
          "--describe", "--group", group],
         env=kafka_env, capture_output=True, text=True, timeout=120, check=True,
     ).stdout

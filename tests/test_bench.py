@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from worker.bench import roles
 from worker.bench.runs import RUNS
 from worker.bench.workloads import make_texts, token_lengths
 
-REPO = Path(__file__).resolve().parents[1]
 ROW_FIELDS = {"run", "workload", "precision", "events", "events_per_s", "p50_ms", "p95_ms", "p99_ms",
               "padding_efficiency", "peak_rss_mib"}
 

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 COMPOSE = REPO / "deploy" / "compose"
 CHECKER = COMPOSE / "check"
 

@@ -23,9 +23,9 @@ import threading
 import tomllib
 from pathlib import Path
 
+from tests.conftest import REPO
 from worker.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
 DOCKERIGNORE = REPO / "deploy" / "docker" / "Dockerfile.dockerignore"
 

@@ -1,10 +1,9 @@
 """The README documents every setting the worker reads."""
 
-from pathlib import Path
-
+from tests.conftest import REPO
 from worker.settings import Settings
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+README = (REPO / "README.md").read_text()
 
 
 def test_every_setting_has_a_row_in_the_configuration_table() -> None:

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from tests.conftest import REPO
 from tests.kafka_helpers import (
     committed_offsets,
     committed_offsets_cli,
@@ -20,12 +21,12 @@ from tests.kafka_helpers import (
     create_topic,
     end_offsets,
     produce,
+    until,
     wait_committed,
 )
 from worker.model.engine import SentimentEngine
 
 pytestmark = pytest.mark.kafka
-REPO = Path(__file__).resolve().parents[1]
 OUTPUT_SCHEMA = json.loads((REPO / "schemas" / "sentiment-output.v2.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(OUTPUT_SCHEMA, format_checker=jsonschema.FormatChecker())
 WORDS = "the movie was great terrible boring amazing and i love hate it not very good bad service".split()
@@ -123,6 +124,7 @@ async def test_failed_batch_is_not_committed_and_is_scored_after_restart(
     committed = await committed_offsets(bootstrap, topics["group_id"], topics["input_topic"])
     assert sum(committed.values()) == 0, f"offsets moved past a failed batch: {committed}"
     assert await consume_all(bootstrap, topics["output_topic"], expected=0, timeout_s=3, settle_s=1) == []
+    assert await consume_all(bootstrap, f"{topics['input_topic']}-dlt", expected=0, timeout_s=3, settle_s=1) == []
 
     flag.unlink()
     worker_factory(**topics, fault_flag=flag).wait_ready()
@@ -222,14 +224,15 @@ async def test_aborted_upstream_transactions_are_not_scored(worker_factory, boot
         assert await wait_committed(bootstrap, topics["group_id"], topics["input_topic"], {0: 23}) == {0: 23}
 
         # Now a transaction stays open: its records are on the broker but not readable yet.
-        # Lag is 1 (the last commit marker) and nothing can be fetched, so this is no stall;
-        # the watchdog gives its verdict on a 5 s tick.
+        # Lag is 1 (the last commit marker) and nothing can be fetched, so this is no stall.
+        # The watchdog gives its verdict on each monitor tick (5 s): three ticks span more
+        # than the stall timeout.
         await transaction(4, "open", size=3)
-        deadline = time.monotonic() + stall_timeout_s + 11
-        while time.monotonic() < deadline and worker.proc.poll() is None:
-            time.sleep(0.5)
-        assert worker.proc.poll() is None, worker.log_text()[-3000:]
-        assert not worker.events("consumer.stalled")
+        ticks = len(worker.events("monitor.checked"))
+        await until(lambda: len(worker.events("monitor.checked")) >= ticks + 3 or not worker.alive(), 60,
+                    "three watchdog ticks")
+        assert worker.alive(), worker.log_text()[-3000:]
+        assert not worker.events("worker.stalled")
         await producer.commit_transaction()
         received = await consume_all(bootstrap, topics["output_topic"], expected=13, settle_s=1.0)
         assert sorted(r.doc["id"] for r in received if r.doc["id"].startswith("open")) == [f"open-4-{i}" for i in range(3)]

@@ -134,7 +134,7 @@ def test_split_batch_matches_the_model_run_one_text_at_a_time(sharp_model: Path,
     positive = sorted(r["POSITIVE"] for r in reference)
     assert min(b - a for a, b in zip(positive, positive[1:])) > 10 * TOL
 
-    for text, prediction, want in zip(texts, predictions, reference):
+    for text, prediction, want in zip(texts, predictions, reference, strict=True):
         assert_close(prediction.scores, want)
         assert prediction.label == max(want, key=want.__getitem__)
         assert prediction.score == prediction.scores[prediction.label]
@@ -147,7 +147,7 @@ def test_results_follow_input_order_whatever_the_lengths(sharp_model: Path) -> N
     forward = engine.predict(texts)
     backward = engine.predict(texts[::-1])[::-1]
     singles = [engine.predict([text])[0] for text in texts]
-    for a, b, c in zip(forward, backward, singles):
+    for a, b, c in zip(forward, backward, singles, strict=True):
         assert_close(a.scores, b.scores)
         assert_close(a.scores, c.scores)
     # Length-sorted inference must not reorder: the longest text first and last gives the same.
@@ -166,7 +166,7 @@ def test_row_limit_splits_calls_without_changing_scores(sharp_model: Path, sharp
         predictions = engine.predict(texts)
     assert len(recorder.calls) >= 3
     assert all(rows <= 3 for rows, _, _ in recorder.calls)
-    for text, prediction in zip(texts, predictions):
+    for text, prediction in zip(texts, predictions, strict=True):
         assert_close(prediction.scores, sharp_reference.scores(text, 32))
 
 
@@ -182,7 +182,7 @@ def test_truncated_exactly_when_longer_than_max_length_tokens(tiny_model: Path, 
     predictions = engine.predict(texts)
     counts = [tiny_reference.n_tokens(text) for text in texts]
     assert max_length in counts and max_length + 1 in counts
-    for text, count, prediction in zip(texts, counts, predictions):
+    for text, count, prediction in zip(texts, counts, predictions, strict=True):
         assert prediction.truncated is (count > max_length), (text, count)
 
 
@@ -311,7 +311,7 @@ def test_bf16_on_cpu_is_close_to_fp32(sharp_model: Path) -> None:
     assert engine.info.precision == "bf16"
     assert next(engine.model.parameters()).dtype == torch.bfloat16
     bf16 = engine.predict(texts)
-    for a, b in zip(fp32, bf16):
+    for a, b in zip(fp32, bf16, strict=True):
         assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 0.05
         assert all(isinstance(v, float) for v in b.scores.values())
 

@@ -48,7 +48,7 @@ def test_reduced_precision_close_to_fp32(tiny_model: Path, fp32: SentimentEngine
     assert engine.info.precision == precision
     predictions = engine.predict(SHORT + [LONG])
     _valid(predictions, 4)
-    for got, want in zip(_scores(predictions), _scores(fp32.predict(SHORT + [LONG]))):
+    for got, want in zip(_scores(predictions), _scores(fp32.predict(SHORT + [LONG])), strict=True):
         assert abs(got - want) < tol
     if precision == "int8":
         assert any(type(m).__module__.startswith("torch.ao") for m in engine.model.modules()), "Linear layers not quantised"
@@ -62,7 +62,7 @@ def test_attention_kernels_agree(tiny_model: Path, fp32: SentimentEngine, attent
     assert engine.info.attention == attention
     # Padded rows (mixed lengths in one call) must not change results: the mask works in both kernels.
     texts = SHORT + [LONG]
-    for got, want in zip(_scores(engine.predict(texts)), _scores(fp32.predict(texts))):
+    for got, want in zip(_scores(engine.predict(texts)), _scores(fp32.predict(texts)), strict=True):
         assert abs(got - want) < 1e-4
 
 
@@ -102,7 +102,7 @@ def test_windows_combine_long_texts_and_leave_short_ones_alone(tiny_model: Path)
     expected = sum(rows[r][1] * w for r, w in zip(long_rows, weights)) / sum(weights)
     assert predictions[3].scores["POSITIVE"] == pytest.approx(expected, abs=1e-6)
     # Texts within max_length score exactly as with truncation.
-    for got, want in zip(predictions[:3], truncating.predict(SHORT)):
+    for got, want in zip(predictions[:3], truncating.predict(SHORT), strict=True):
         assert got.scores == pytest.approx(want.scores, abs=1e-5)
         assert got.truncated is want.truncated is False
 
@@ -131,7 +131,7 @@ def test_torch_compile_scores_like_eager(tiny_model: Path, fp32: SentimentEngine
     engine = SentimentEngine.load(str(tiny_model), device="cpu", compile=True)
     assert engine.info.compiled
     engine.warmup()
-    for got, want in zip(_scores(engine.predict(SHORT)), _scores(fp32.predict(SHORT))):
+    for got, want in zip(_scores(engine.predict(SHORT)), _scores(fp32.predict(SHORT)), strict=True):
         assert abs(got - want) < 1e-4
 
 

@@ -18,13 +18,13 @@ import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from tests.conftest import REPO
 from tests.kafka_helpers import committed_offsets, consume_all, create_topic
 from worker.bench.harness import WorkerProcess
 
@@ -33,7 +33,6 @@ pytestmark = pytest.mark.kafka
 EVENTS = 10_000
 PARTITIONS = 6
 STREAM_SECONDS = 20.0
-REPO = Path(__file__).resolve().parents[1]
 RESULTS: list[dict[str, Any]] = []
 
 
@@ -133,7 +132,9 @@ def kafka_script(kafka_env: dict[str, str], command: str) -> None:
                    capture_output=True, timeout=180)
 
 
-async def run_scenario(scenario: str, fleet: Fleet, kafka_env: dict[str, str], rng: random.Random) -> dict[str, Any]:
+async def run_scenario(
+    scenario: str, fleet: Fleet, kafka_env: dict[str, str], rng: random.Random, topics: dict[str, str]
+) -> dict[str, Any]:
     notes: dict[str, Any] = {}
     if scenario == "sigkill":
         for _ in range(5):
@@ -163,6 +164,14 @@ async def run_scenario(scenario: str, fleet: Fleet, kafka_env: dict[str, str], r
         worker = fleet.alive()[0]
         notes["stop_seconds"] = round(await fleet.terminate(worker), 2)
         notes["exit_code"] = worker.proc.returncode
+        # No worker runs now: what the stopped one published must all be committed.
+        bootstrap = kafka_env["BOOTSTRAP"]
+        committed = await committed_offsets(bootstrap, topics["group_id"], topics["input_topic"])
+        published = await consume_all(bootstrap, topics["output_topic"], expected=0, timeout_s=10, settle_s=1)
+        notes["committed_at_stop"] = sum(committed.values())
+        notes["beyond_commit"] = sum(
+            1 for r in published if r.doc["source"]["offset"] >= committed.get(r.doc["source"]["partition"], 0)
+        )
         await fleet.add()
     elif scenario == "pause":
         # Frozen (a GC or CPU-throttling pause) for longer than the transaction timeout, shorter
@@ -213,12 +222,12 @@ async def test_no_loss_under_faults(scenario, guarantee, worker_factory, bootstr
     producer_task = asyncio.create_task(stream(bootstrap, topics["input_topic"], produced, done))
     supervisor = asyncio.create_task(fleet.supervise(done))
     try:
-        notes = await run_scenario(scenario, fleet, kafka_env, random.Random(hash((scenario, guarantee)) & 0xFFFF))
+        rng = random.Random(hash((scenario, guarantee)) & 0xFFFF)
+        notes = await run_scenario(scenario, fleet, kafka_env, rng, topics)
         if scenario == "sigterm":
             # What the stopped worker published is committed: no output lies beyond the committed offsets.
-            committed = await committed_offsets(bootstrap, topics["group_id"], topics["input_topic"])
             assert notes["exit_code"] == 0 and notes["stop_seconds"] < 30, notes
-            notes["committed_at_stop"] = sum(committed.values())
+            assert notes["beyond_commit"] == 0, notes
         await asyncio.wait_for(asyncio.shield(producer_task), STREAM_SECONDS + 120)
     finally:
         done.set()

@@ -89,7 +89,7 @@ async def test_a_refused_commit_is_not_recorded() -> None:
     async def commit(offsets):  # type: ignore[no-untyped-def]
         return next(answers)
 
-    committer = Committer(ledger, commit)
+    committer = Committer(ledger, commit, timeout_s=5)
     assert await committer.commit() is False
     assert ledger.committed(tp) is None and ledger.due() == {tp: 7}
     assert await committer.commit() is True

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 SCRIPT = REPO / "deploy" / "docker" / "fetch_model.py"
 MODEL = "example-org/tiny-sentiment"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

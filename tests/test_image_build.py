@@ -30,7 +30,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 BASE = "localhost/sentiment-worker-test-base:bookworm"
 TAG = "localhost/sentiment-worker:cpu-test"
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from worker.ops import memory
 from worker.ops.memory import ARENAS, MMAP_THRESHOLD, AllocatorUnavailable, tune_malloc, use_allocator
 
-REPO = Path(__file__).resolve().parents[1]
 REPORT = (
     "import os, sys; from worker.ops.memory import use_allocator; a = use_allocator(sys.argv[1]); "
     "maps = open('/proc/self/maps').read(); "

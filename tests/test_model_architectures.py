@@ -18,7 +18,7 @@ import torch
 from tests.model_builders import FAMILIES
 from worker.model.engine import SentimentEngine
 from worker.model.loading import Head
-from worker.pipeline.codec import InputRecord, Source, encode_output
+from worker.pipeline.codec import InputRecord
 
 TOL = 1e-4
 TEXTS = [
@@ -74,7 +74,7 @@ def test_engine_matches_transformers(models, family: str, head: str) -> None:
     scores = engine.infer(engine.encode(TEXTS))
     assert scores.report.model_calls > 1, "the batch should be cut into padded calls"
     want = reference(path, TEXTS, max_length)
-    delta = max(abs(a - b) for got, exp in zip(scores.values.tolist(), want) for a, b in zip(got, exp))
+    delta = max(abs(a - b) for got, exp in zip(scores.values.tolist(), want, strict=True) for a, b in zip(got, exp, strict=True))
     assert delta < TOL, f"{family}/{head}: |delta| {delta:.2e}"
     # No two texts may score alike, or a mix-up of rows would pass unnoticed.
     gaps = [max(abs(a - b) for a, b in zip(want[i], want[j])) for i in range(len(want)) for j in range(i + 1, len(want))]
@@ -121,7 +121,7 @@ def test_outputs_of_each_head(models, head: str) -> None:
 
     (delivery,) = builder.build([Rec(i) for i in range(3)], [InputRecord(t) for t in TEXTS[:3]], Scored(scores))
     docs = [orjson.loads(r.value) for r in delivery.records]
-    for doc, row in zip(docs, scores.values.tolist()):
+    for doc, row in zip(docs, scores.values.tolist(), strict=True):
         assert doc["head"] == HEADS[head][2].value
         if head == "regression":
             assert doc["value"] == pytest.approx(row[0]) and "label" not in doc
@@ -129,5 +129,5 @@ def test_outputs_of_each_head(models, head: str) -> None:
             assert doc["score"] == pytest.approx(max(row)) and doc["scores"][doc["label"]] == doc["score"]
         if head == "multi":
             assert doc["labels"] == [label for label, p in sorted(doc["scores"].items(), key=lambda kv: -kv[1]) if p >= 0.5]
-    assert encode_output  # the builder writes through codec.encode_output
-    assert Source  # (imported for readers of this test: the output's source block)
+    assert len(docs) == 3
+    assert [d["source"] for d in docs] == [{"topic": "in", "partition": 0, "offset": i, "timestamp": "1970-01-01T00:00:00.000+00:00"} for i in range(3)]

@@ -13,21 +13,26 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import (
+    GroupAuthorizationFailedError,
     KafkaConnectionError,
     MessageSizeTooLargeError,
     NotEnoughReplicasError,
     ProducerFenced,
     TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
     UnknownError,
 )
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.kafka.errors import Verdict, classify, describe
+from tests.kafka_helpers import until
+from worker.kafka.committer import Committer
+from worker.kafka.errors import Verdict, classify, describe, missing_right
 from worker.kafka.partitioner import murmur2
-from worker.kafka.publisher import Delivery, Outbound, PartitionFenced, Rejected
-from worker.model.engine import BatchReport, Scores
+from worker.kafka.records import Delivery, Outbound, PartitionFenced, Rejected, record_size
+from worker.model.engine import Scores
+from worker.model.report import BatchReport
 from worker.model.loading import Head, ModelInfo
 from worker.pipeline.batcher import Batcher
 from worker.pipeline.codec import DecodeError, InputRecord
@@ -36,7 +41,7 @@ from worker.pipeline.delivery import Deliverer, DeliveryFailed, Unpublishable
 from worker.pipeline.intake import Intake
 from worker.pipeline.ledger import OffsetLedger
 from worker.pipeline.observer import NullObserver
-from worker.pipeline.outputs import OutputBuilder, record_size
+from worker.pipeline.outputs import OutputBuilder
 from worker.pipeline.scoring import Scored
 
 TP0, TP1 = TopicPartition("in", 0), TopicPartition("in", 1)
@@ -108,7 +113,7 @@ def test_a_revocation_abandons_what_is_in_flight_and_ignores_late_results() -> N
     ledger.assigned([TP0])  # the same partition comes back
     assert not ledger.current(ticket) and ledger.in_flight_events == 0 and ledger.abandoned_total == 10
     assert not ledger.stored(TP0, 10, ticket.epoch), "a batch of an ended epoch must not move offsets"
-    assert ledger.due() == {} and ledger.position(TP0) is None
+    assert ledger.due() == {} and TP0 not in ledger.positions()
 
 
 def test_floors_are_forgotten_for_a_new_producer_and_never_kept_for_partitions_not_owned() -> None:
@@ -283,9 +288,73 @@ def one_delivery() -> Delivery:
     return d
 
 
-def deliverer(sink: FakeSink, owner: Owner, budget: float = 30.0) -> Deliverer:
-    return Deliverer(sink, builder({}, Letters()), owner, NullObserver(), backoff_initial_s=0.01, backoff_max_s=0.02,
-                     retry_budget_s=budget)
+def deliverer(sink: FakeSink, owner: Owner, budget: float = 30.0, observer: Any = None) -> Deliverer:
+    return Deliverer(sink, builder({}, Letters()), owner, observer or NullObserver(), backoff_initial_s=0.01,
+                     backoff_max_s=0.02, retry_budget_s=budget)
+
+
+class Denials(NullObserver):
+    def __init__(self) -> None:
+        self.denied: list[tuple[str, str]] = []
+        self.restored: list[str] = []
+
+    def access_denied(self, missing: str, during: str, error: str) -> None:
+        self.denied.append((missing, during))
+
+    def access_restored(self, during: str) -> None:
+        self.restored.append(during)
+
+
+async def test_a_publish_refused_for_an_acl_is_retried_and_said_at_once() -> None:
+    """A missing Write ACL is no passing fault: said once, while it lasts (/ready reads ``denied``),
+    and retried, so that granting it resumes the worker."""
+    seen: list[Optional[str]] = []
+    observer = Denials()
+
+    def second(unit: Any) -> BaseException:
+        seen.append(d.denied)  # what /ready would read while the ACL is missing
+        return TopicAuthorizationFailedError("out")
+
+    sink = FakeSink([TopicAuthorizationFailedError("out"), second, None])
+    d = deliverer(sink, Owner({TP0}), observer=observer)
+    delivery = one_delivery()
+    assert await d.deliver([delivery], epoch=1) == [delivery]
+    assert seen == ["Write on topic out"]
+    assert observer.denied == [("Write on topic out", "publish")], "one line per episode, not per retry"
+    assert observer.restored == ["publish"] and d.denied is None and sink.calls == 3
+
+
+async def test_a_commit_refused_for_an_acl_says_which_and_is_retried() -> None:
+    ledger = OffsetLedger()
+    ledger.assigned([TP0])
+    ledger.stored(TP0, 7, ledger.epoch)
+    answers: list[Any] = [GroupAuthorizationFailedError("g"), True]
+
+    async def commit(offsets: Any) -> bool:
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    committer = Committer(ledger, commit, timeout_s=5)
+    assert await committer.commit() is False
+    assert committer.denied == "Read on group g" and ledger.due() == {TP0: 7}
+    assert await committer.commit() is True
+    assert committer.denied is None and ledger.due() == {}
+
+
+@pytest.mark.parametrize(
+    ("exc", "right"),
+    [
+        (TopicAuthorizationFailedError("out"), "Write on topic out"),
+        (TopicAuthorizationFailedError({"b", "a"}), "Write on topic a, b"),
+        (TopicAuthorizationFailedError(), "Write on topic fallback"),
+        (GroupAuthorizationFailedError("g"), "Read on group g"),
+        (TransactionalIdAuthorizationFailed("g-in-0"), "Write on transactional id g-in-0"),
+    ],
+)
+def test_missing_right_names_what_to_grant(exc: BaseException, right: str) -> None:
+    assert missing_right(exc, topic_operation="Write", topics=["fallback"]) == right
 
 
 async def test_a_refused_record_is_replaced_and_the_unit_delivered_again() -> None:
@@ -298,7 +367,8 @@ async def test_a_refused_record_is_replaced_and_the_unit_delivered_again() -> No
 async def test_fenced_is_retried_while_owned_and_dropped_once_moved() -> None:
     owner = Owner({TP0})
     sink = FakeSink([PartitionFenced(TP0, ProducerFenced()), None])
-    assert await deliverer(sink, owner).deliver([one_delivery()], epoch=1) != []
+    delivery = one_delivery()
+    assert await deliverer(sink, owner).deliver([delivery], epoch=1) == [delivery] and sink.calls == 2
     owner.owned = set()
     sink = FakeSink([PartitionFenced(TP0, ProducerFenced())])
     assert await deliverer(sink, owner).deliver([one_delivery()], epoch=1) == [] and sink.calls == 1
@@ -322,7 +392,7 @@ async def test_an_ended_epoch_stops_the_retries() -> None:
     owner = Owner({TP0})
     sink = FakeSink([KafkaConnectionError()] * 1000)
     task = asyncio.ensure_future(deliverer(sink, owner).deliver([one_delivery()], epoch=1))
-    await asyncio.sleep(0.05)
+    await until(lambda: sink.calls >= 2, 5, "a retry (the first attempt failed, a second went out)", interval_s=0)
     owner.epoch = 2
     assert await asyncio.wait_for(task, 5) == []
 
@@ -339,7 +409,9 @@ async def test_an_ended_epoch_stops_the_retries() -> None:
         (ProducerFenced(), Verdict.FENCED),
         (NotEnoughReplicasError(), Verdict.RETRY),
         (KafkaConnectionError(), Verdict.RETRY),
-        (TopicAuthorizationFailedError(), Verdict.RETRY),  # a topic's permissions, not a record's fault
+        (TopicAuthorizationFailedError(), Verdict.DENIED),  # a topic's permissions, not a record's fault
+        (GroupAuthorizationFailedError("g"), Verdict.DENIED),
+        (TransactionalIdAuthorizationFailed("g-in-0"), Verdict.DENIED),
         (asyncio.TimeoutError(), Verdict.RETRY),
     ],
 )

@@ -27,6 +27,7 @@ import jsonschema
 import orjson
 import pytest
 
+from tests.conftest import REPO
 from tests.kafka_helpers import consume_all, create_topic, free_port, produce
 from worker.pipeline.codec import DecodeError, InputRecord, Source, encode_output, output_document
 from worker.registry.client import IncompatibleSchema, RegistryClient, RegistryUnavailable, SchemaNotFound
@@ -40,7 +41,6 @@ from worker.registry.serde import (
 from worker.registry.wire import frame, record_name, schema_id_of, subject_name
 from worker.settings import InputFormat, OutputFormat, Settings, SubjectNameStrategy
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "deploy" / "local" / "schema-registry"
 SCHEMAS = REPO / "schemas"
 INPUT_JSON = json.loads((SCHEMAS / "sentiment-input.v1.json").read_text())
@@ -242,6 +242,9 @@ def test_settings_need_a_registry_for_framed_formats(tmp_path: Path) -> None:
     assert settings.schema_registry_url == "http://registry:8081"
     assert settings.schema_registry_password_value() == "s3cret"
     assert "s3cret" not in json.dumps(settings.summary()) and "s3cret" not in repr(RegistryClient("http://r", username="u", password="s3cret"))
+    inline = Settings(output_format="avro", schema_registry_url="http://registry:8081", schema_registry_username="u",
+                      schema_registry_password="s3cret")  # the one way the secret is a settings value
+    assert inline.schema_registry_password_value() == "s3cret" and "s3cret" not in json.dumps(inline.summary())
 
 
 HEADS = {

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.kafka_helpers import consume_all, create_topic, free_port, produce, start_broker, stop_broker
+from tests.kafka_helpers import broker, broker_port, consume_all, create_topic, produce
 
 pytestmark = pytest.mark.kafka
 PASSWORD = "s3cret-Pa55word"
@@ -20,7 +20,7 @@ MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 @pytest.fixture(scope="module")
 def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A second broker: PLAINTEXT for the test's own clients, SASL_PLAINTEXT (PLAIN and SCRAM) for the worker."""
-    port, sasl_port, controller = free_port(), free_port(), free_port()
+    port, sasl_port, controller = broker_port(), broker_port(), broker_port()
     extra = "\n".join(
         [
             f"listeners=PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl_port},CONTROLLER://127.0.0.1:{controller}",
@@ -39,13 +39,8 @@ def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     )
     # SCRAM credentials live in the cluster metadata: created when the storage is formatted.
     scram = [f"{m}=[name=worker,password={PASSWORD}]" for m in MECHANISMS if m.startswith("SCRAM")]
-    env = start_broker(
-        tmp_path_factory.mktemp("kafka-sasl"), extra, port=port, controller_port=controller, scram_users=scram
-    )
-    try:
+    with broker(tmp_path_factory.mktemp("kafka-sasl"), extra, port=port, controller_port=controller, scram_users=scram):
         yield {"plain": f"127.0.0.1:{port}", "sasl": f"127.0.0.1:{sasl_port}"}
-    finally:
-        stop_broker(env)
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
@@ -110,7 +105,7 @@ def make_pki(directory: Path) -> dict[str, Path]:
 def ssl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A broker with an SSL listener that requires client certificates (mutual TLS)."""
     pki = make_pki(tmp_path_factory.mktemp("pki"))
-    port, ssl_port, controller = free_port(), free_port(), free_port()
+    port, ssl_port, controller = broker_port(), broker_port(), broker_port()
     extra = "\n".join(
         [
             f"listeners=PLAINTEXT://127.0.0.1:{port},SSL://127.0.0.1:{ssl_port},CONTROLLER://127.0.0.1:{controller}",
@@ -123,11 +118,8 @@ def ssl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             "ssl.client.auth=required",
         ]
     )
-    env = start_broker(tmp_path_factory.mktemp("kafka-ssl"), extra, port=port, controller_port=controller)
-    try:
+    with broker(tmp_path_factory.mktemp("kafka-ssl"), extra, port=port, controller_port=controller):
         yield {"plain": f"127.0.0.1:{port}", "ssl": f"127.0.0.1:{ssl_port}", "pki": pki}
-    finally:
-        stop_broker(env)
 
 
 async def test_mutual_tls_works(worker_factory, ssl_broker, topics) -> None:

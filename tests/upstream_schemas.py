@@ -33,7 +33,8 @@ import jsonschema
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 CACHE = REPO / ".cache"
 HELM_VERSION = "v3.22.0"
 # The newest releases on the Go module proxy when the chart was written; KEDA >= 2.16 is
