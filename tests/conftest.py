@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from tests.kafka_helpers import broker, free_port
 from worker.bench.harness import WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
+FAULT_ROWS = REPO / ".cache" / "test-reports" / "faults"  # one JSON file per fault scenario run
 # hypothesis is imported above, at a shallow stack: otherwise its pytest plugin imports it
 # inside the terminal summary, where the assertion rewriter's ast.parse trips CPython
 # 3.11.7's recursion bookkeeping (SystemError: AST constructor recursion depth mismatch)
@@ -102,22 +105,27 @@ def worker_factory(bootstrap: str, tiny_model: Path, tmp_path: Path) -> Iterator
         proc.stop(timeout_s=30)
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print the fault-scenario figures (tests/test_faults.py) as a table, and keep them as JSON."""
-    test_faults = sys.modules.get("tests.test_faults")  # not imported here: only if collected
-    if test_faults is None or not test_faults.RESULTS:
-        return
-    import json
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the run itself, not one of its xdist workers
+        shutil.rmtree(FAULT_ROWS, ignore_errors=True)
 
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the fault-scenario figures (tests/test_faults.py) as a table, and keep them as JSON.
+
+    Each scenario writes its row to a file of its own (the scenarios may run in other
+    processes, under xdist); this reads them all.
+    """
+    rows = [json.loads(p.read_text()) for p in sorted(FAULT_ROWS.glob("*.json"))] if FAULT_ROWS.is_dir() else []
+    if not rows:
+        return
     cols = ["scenario", "guarantee", "produced", "scored", "lost", "duplicated", "restarts_by_supervisor",
             "transactions_interrupted", "seconds"]
     terminalreporter.section("fault scenarios (independent read_committed consumer)")
     terminalreporter.write_line(" | ".join(cols))
-    for row in test_faults.RESULTS:
+    for row in rows:
         terminalreporter.write_line(" | ".join(str(row.get(c, "")) for c in cols))
-    out = REPO / ".cache" / "test-reports"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "faults.json").write_text(json.dumps(test_faults.RESULTS, indent=2))
+    (FAULT_ROWS.parent / "faults.json").write_text(json.dumps(rows, indent=2))
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ run (see conftest.pytest_terminal_summary) and written to .cache/test-reports/.
 from __future__ import annotations
 
 import asyncio
+import json
 import contextlib
 import random
 import signal
@@ -24,7 +25,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.conftest import REPO
+from tests.conftest import FAULT_ROWS, REPO
 from tests.kafka_helpers import committed_offsets, consume_all, create_topic
 from worker.bench.harness import WorkerProcess
 
@@ -33,7 +34,6 @@ pytestmark = pytest.mark.kafka
 EVENTS = 10_000
 PARTITIONS = 6
 STREAM_SECONDS = 20.0
-RESULTS: list[dict[str, Any]] = []
 
 
 class Fleet:
@@ -261,7 +261,8 @@ async def test_no_loss_under_faults(scenario, guarantee, worker_factory, bootstr
             for e in w.events(name)
         )
         result["worker_restarts"] = fleet.restarts
-    RESULTS.append(result)
+    FAULT_ROWS.mkdir(parents=True, exist_ok=True)
+    (FAULT_ROWS / f"{scenario}-{guarantee}.json").write_text(json.dumps(result))
     print(f"\n{result}")
     assert result["produced"] == EVENTS
     assert result["lost"] == 0, result

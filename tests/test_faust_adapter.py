@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 
+import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError
@@ -15,8 +16,9 @@ from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from worker.kafka.committer import Committer
-from worker.kafka.faust_adapter import BatchConsumer, InputApp, _ConsumerThread
+from worker.kafka.faust_adapter import BatchConsumer, BoundedWorker, InputApp, _ConsumerThread
 from worker.ops.logs import logging_config
+from worker.ops.shutdown import ExitDeadline
 from worker.pipeline.ledger import OffsetLedger
 
 
@@ -120,3 +122,33 @@ def test_subscribing_goes_through_the_conductor(tmp_path) -> None:
     app = make_app(tmp_path)
     app.subscribe("in-topic")
     assert any("in-topic" in topic.topics for topic in app.topics)
+
+
+def test_every_way_out_of_faust_s_worker_passes_a_hook_that_arms_the_exit_deadline(tmp_path) -> None:
+    """mode's signal handlers call Worker._on_sigterm / _on_sigint; execute_from_commandline calls
+    on_worker_shutdown on every way out (a failed start too). BoundedWorker arms the deadline in each."""
+    import mode.worker
+
+    handlers = inspect.getsource(mode.worker.Worker._install_signal_handlers_unix)
+    assert "self._on_sigterm" in handlers and "self._on_sigint" in handlers
+    execute = inspect.getsource(mode.worker.Worker.execute_from_commandline)
+    assert "finally:" in execute and "self.on_worker_shutdown()" in execute
+    assert execute.index("self.on_worker_shutdown()") < execute.index("self.stop_and_shutdown()")
+
+    armed: list[tuple[str, int]] = []
+
+    class Recorder(ExitDeadline):
+        def arm(self, reason: str, status: int) -> None:
+            armed.append((reason, status))
+
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        worker = BoundedWorker(make_app(tmp_path), deadline=Recorder(60), loop=loop, quiet=True, redirect_stdouts=False)
+        worker.on_worker_shutdown()
+        assert armed == [("the worker stopped without a signal", 1)]
+        for hook in (BoundedWorker._on_sigterm, BoundedWorker._on_sigint):
+            assert hook is not faust.Worker.__dict__.get(hook.__name__) and "self._deadline.arm" in inspect.getsource(hook)
+    finally:
+        loop.close()

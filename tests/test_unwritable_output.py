@@ -7,6 +7,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import Optional
 
 import orjson
 import pytest
@@ -79,6 +80,17 @@ async def committed_or_zero(bootstrap: str, group: str, topic: str) -> int:
     return sum((await committed_offsets(bootstrap, group, topic)).values())
 
 
+def unready(port: int) -> Optional[dict]:
+    """/ready's body when it answers 503."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5):
+            return None
+    except urllib.error.HTTPError as exc:
+        return orjson.loads(exc.read()) if exc.code == 503 else None
+    except OSError:
+        return None
+
+
 def get_status(port: int, path: str) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
@@ -96,16 +108,10 @@ async def test_retry_budget_ends_a_batch_that_cannot_be_published(worker_factory
     ).wait_ready()
     await delete_topic(strict_broker, topics["output_topic"])
     await produce(strict_broker, topics["input_topic"], [(None, orjson.dumps({"text": "stuck", "id": "s"}))])
-    started = time.monotonic()
-    saw_unready = False
-    while worker.proc.poll() is None and time.monotonic() - started < 90:
-        try:
-            saw_unready = saw_unready or get_status(worker.web_port, "/ready") == 503
-        except urllib.error.URLError:
-            pass  # the web server is already down: the process is about to exit
-        await asyncio.sleep(0.2)
-    assert worker.proc.poll() == 1, worker.log_text()[-3000:]
-    assert saw_unready, "/ready never answered 503 before the worker exited"
+    body = await until(lambda: unready(worker.web_port), 60, "/ready to say 503 while publishing fails")
+    assert body["error"] == "publish_failing", body
+    assert worker.alive(), "unready while it still retries, before the budget ends it"
+    assert await asyncio.to_thread(worker.wait_exit, 90) == 1, worker.log_text()[-3000:]
     assert any("retry budget" in e.get("error", "") for e in worker.events("pipeline.failed"))
     assert await committed_or_zero(strict_broker, topics["group_id"], topics["input_topic"]) == 0
 

@@ -50,6 +50,7 @@ REVOKE_DRAIN_S = 20.0  # rebalance: finish the revoked partitions' batches (reba
 DRAIN_SHARE = 0.6  # of SHUTDOWN_TIMEOUT_S, for the batches in flight; the rest closes up
 LAG_INTERVAL_S = 5.0
 CLOSE_TIMEOUT_S = 5.0
+UNREADY_AFTER_FAILING_S = 10.0  # publishing failing this long (or half the retry budget): /ready says 503
 EXIT_CONFIG = 2  # start-up refused: bad settings, unreachable Kafka, missing topics, unusable model, busy port
 
 EngineFactory = Callable[[Settings], SentimentEngine]
@@ -160,6 +161,7 @@ class WorkerService:
             input_topic=settings.input_topic,
             retrying=lambda: self.pipeline.retrying_since is not None,
         )
+        self._unready_after_s = min(UNREADY_AFTER_FAILING_S, settings.publish_retry_budget_s / 2)
         self._started = False
         self._stalled: Optional[str] = None
         self._model = engine.info
@@ -267,6 +269,8 @@ class WorkerService:
         body: dict[str, Any] = {"assigned_partitions": owned, "model": self._model.name}
         failure = self.pipeline.failure
         denied = self.pipeline.denied or self.guarantee.denied
+        failing_since = self.pipeline.retrying_since
+        failing_s = time.monotonic() - failing_since if failing_since is not None else 0.0
         if failure is not None:
             body["error"] = type(failure).__name__
         elif self._stalled is not None:
@@ -274,6 +278,9 @@ class WorkerService:
         elif denied is not None:
             body["error"] = "access_denied"
             body["missing"] = denied
+        elif failing_s > self._unready_after_s:  # a blip is not worth it; a run of failures is
+            body["error"] = "publish_failing"
+            body["failing_s"] = round(failing_s)
         ok = self._started and owned > 0 and "error" not in body
         return ok, body
 

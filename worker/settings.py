@@ -179,8 +179,8 @@ class Settings(BaseSettings):
     publish_retry_budget_s: float = Field(
         300.0,
         gt=0,
-        description="How long a batch may keep failing to publish before the worker gives up: /ready turns 503 "
-        "and it exits 1 (its replacement resumes from the committed offsets).",
+        description="How long a batch may keep failing to publish before the worker gives up and exits 1 (its "
+        "replacement resumes from the committed offsets); /ready says 503 once it has failed for 10 s (or half this).",
     )
     min_insync_replicas: int = Field(
         2,
