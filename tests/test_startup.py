@@ -19,10 +19,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.conftest import REPO
-from tests.kafka_helpers import consume_all, create_topic, end_offsets, free_port
+from tests.kafka_helpers import consume_all, create_topic, end_offsets, free_port, topic_names
 from worker.pipeline.codec import InputRecord, decode
 from worker.settings import InputFormat, Settings
 
@@ -131,23 +130,14 @@ def test_silent_broker_times_out_after_kafka_timeout(base_env: dict[str, str], s
     assert time.monotonic() - started < 30, "KAFKA_TIMEOUT_S must bound the wait for a silent broker"
 
 
-def _topic_names() -> tuple[str, str]:
+def _fresh_topics() -> tuple[str, str]:
     run = uuid.uuid4().hex[:8]
     return f"in-{run}", f"out-{run}"
 
 
-async def _list_topics(bootstrap: str) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
-
-
 @pytest.mark.kafka
 async def test_missing_topics_without_create_topics(base_env: dict[str, str], tiny_model: Path, bootstrap: str) -> None:
-    input_topic, output_topic = _topic_names()
+    input_topic, output_topic = _fresh_topics()
     await create_topic(bootstrap, input_topic, 1)
     env = {
         **base_env,
@@ -166,23 +156,23 @@ async def test_missing_topics_without_create_topics(base_env: dict[str, str], ti
     missing = set(found.group(1).split(", "))
     assert output_topic in missing and input_topic not in missing
     assert "topics.ready" not in log_events(proc.stdout)
-    topics = await _list_topics(bootstrap)
+    topics = await topic_names(bootstrap)
     assert input_topic in topics
     assert not missing & topics, "the start-up check must not create (or auto-create) missing topics"
 
 
 @pytest.mark.kafka
 async def test_produce_refuses_missing_topic_without_create(base_env: dict[str, str], bootstrap: str) -> None:
-    topic, _ = _topic_names()
+    topic, _ = _fresh_topics()
     env = {**base_env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TIMEOUT_S": "10"}
     proc = await asyncio.to_thread(cli, ["produce", "--input-topic", topic, "--create-topics", "false", "hello"], env)
     assert_refused(proc, topic, "do not exist")
-    assert topic not in await _list_topics(bootstrap)
+    assert topic not in await topic_names(bootstrap)
 
 
 @pytest.mark.kafka
 async def test_produce_with_flags_over_env(base_env: dict[str, str], bootstrap: str) -> None:
-    topic, _ = _topic_names()
+    topic, _ = _fresh_topics()
     # The env says nonsense; the flags win.
     env = {**base_env, "KAFKA_BOOTSTRAP_SERVERS": "nohostport", "INPUT_TOPIC": "wrong-topic"}
     args = ["produce", "--kafka-bootstrap-servers", bootstrap, "--input-topic", topic, "--topic-partitions", "2",
@@ -195,12 +185,12 @@ async def test_produce_with_flags_over_env(base_env: dict[str, str], bootstrap: 
     assert records == [InputRecord(text=t) for t in sorted(["I loved it", "  spaced  ", "ünïcödé ✓"])]
     assert all(r.key is None for r in received)
     assert sorted(await end_offsets(bootstrap, topic)) == [0, 1]  # --topic-partitions 2 won
-    assert "wrong-topic" not in await _list_topics(bootstrap)
+    assert "wrong-topic" not in await topic_names(bootstrap)
 
 
 @pytest.mark.kafka
 async def test_produce_jsonl_and_raw_from_stdin(base_env: dict[str, str], bootstrap: str) -> None:
-    topic, _ = _topic_names()
+    topic, _ = _fresh_topics()
     env = {**base_env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "INPUT_TOPIC": topic, "TOPIC_PARTITIONS": "1"}
     lines = '{"text": "a", "id": "k1"}\n\n   \n{"text": "b"}\nnot json\n'
     proc = await asyncio.to_thread(cli, ["produce", "--format", "jsonl", "--file", "-"], env, stdin=lines)
