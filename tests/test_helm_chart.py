@@ -33,6 +33,7 @@ from tests.helm_render import (  # noqa: F401  (rendered is a fixture)
     CHART, EXAMPLES, K8S_OLDEST, MATRIX, MONITORING, REPO, VALUES, find, one, render, rendered, template,
 )
 from tests.upstream_schemas import check_trigger_metadata, crd_kinds, crd_validator, helm
+from worker.settings import Settings
 
 
 # ------------------------------------------------------------------ lint and schemas
@@ -135,7 +136,8 @@ def test_chart_refuses_what_can_not_work() -> None:
         (["--set", "model.source=s3"], "/model/source"),
         (["--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.saslMechanism=GSSAPI"], "/kafka/saslMechanism"),
         (["--set", "guarantee=exactly-once"], "/guarantee"),
-        (["--set", "settings.log_level=debug"], "'log_level' does not match pattern"),
+        (["--set", "settings.log_level=debug"], "invalid propertyName 'log_level'"),
+        (["--set", "settings.BATCH_MAX_SZE=8"], "invalid propertyName 'BATCH_MAX_SZE'"),
         (["--set", "image.digest=latest"], "/image/digest"),
         (["--set", "metrics.serviceMonitor.enabled=maybe"], "/metrics/serviceMonitor/enabled"),
     ]:
@@ -153,6 +155,14 @@ def test_chart_refuses_what_can_not_work() -> None:
     ]:
         out = template("--skip-schema-validation", *args, check=False)
         assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
+
+
+def test_the_schema_lists_exactly_the_worker_settings() -> None:
+    """settings: takes worker settings by env var name, and only those (deploy/helm/update-settings-schema)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    names = schema["properties"]["settings"]["propertyNames"]["enum"]
+    assert names == sorted(name.upper() for name in Settings.model_fields)
+    assert template("--set", "settings.LOG_LEVEL=debug", "--set", "settings.ALLOW_ENV=X").returncode == 0
 
 
 # ------------------------------------------------------------------ docs

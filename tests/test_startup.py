@@ -78,6 +78,34 @@ def test_invalid_settings_are_refused(base_env: dict[str, str], settings: dict[s
     assert "worker.starting" not in log_events(proc.stdout), "settings must be checked before anything starts"
 
 
+@pytest.mark.parametrize(
+    ("variable", "setting"),
+    [("BATCH_MAX_SZE", "BATCH_MAX_SIZE"), ("MAX_BATCH_SIZE", "BATCH_MAX_SIZE"), ("LOGLEVEL", "LOG_LEVEL"),
+     ("precission", "PRECISION")],
+)
+def test_a_misspelt_setting_stops_the_start(base_env: dict[str, str], variable: str, setting: str) -> None:
+    """A setting a few edits away, or its words in another order, would be ignored without a word."""
+    proc = cli(["run"], {**base_env, "MODEL": "/nonexistent", variable: "8"}, timeout=30)
+    assert_refused(proc, f"{variable} looks like a misspelt {setting}", "ALLOW_ENV")
+    assert len([line for line in proc.stderr.splitlines() if variable in line]) == 1
+    assert "worker.starting" not in log_events(proc.stdout)
+
+
+def test_allow_env_lets_a_look_alike_through(base_env: dict[str, str]) -> None:
+    """Named in ALLOW_ENV, the variable is someone else's: the start goes on (to the missing model here)."""
+    env = {**base_env, "MODEL": "/nonexistent", "BATCH_MAX_SZE": "8", "ALLOW_ENV": "BATCH_MAX_SZE",
+           "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{dead_port()}", "KAFKA_TIMEOUT_S": "1"}
+    proc = cli(["run"], env, timeout=60)
+    assert_refused(proc, "Cannot reach Kafka")
+    assert "misspelt" not in proc.stderr
+    # Well-known variables of other software are never taken for ours (OpenSSL's CA bundle).
+    env = {**env, "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt"}
+    del env["ALLOW_ENV"], env["BATCH_MAX_SZE"]
+    proc = cli(["run"], env, timeout=60)
+    assert_refused(proc, "Cannot reach Kafka")
+    assert "misspelt" not in proc.stderr
+
+
 def test_flag_is_validated_and_wins_over_env(base_env: dict[str, str]) -> None:
     proc = cli(["run", "--batch-max-size", "0"], {**base_env, "BATCH_MAX_SIZE": "10"}, timeout=30)
     assert_refused(proc, "invalid settings", "BATCH_MAX_SIZE")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import os
 import sys
 import types
 import typing
@@ -23,7 +24,7 @@ from pydantic import ValidationError
 
 from worker.bench import bench
 from worker.ops import logs
-from worker.settings import Settings
+from worker.settings import Settings, misspelt_settings
 from worker.tools.kafka_io import BEGINNING, END, OFFSET_HELP, StartAt, ToolError, parse_start
 from worker.tools.produce import ProduceFormat
 from worker.tools.tail import TailFormat
@@ -60,13 +61,22 @@ def _fail(message: str) -> typer.Exit:
 
 
 def load_settings(overrides: dict[str, Any]) -> Settings:
+    """Settings from the environment and the flags; a value that doesn't validate, or an
+    environment variable that looks like a misspelt setting, refuses the command (exit 2)."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         lines = [
             f"  {'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: {err['msg']}" for err in exc.errors()
         ]
         raise _fail("invalid settings\n" + "\n".join(lines)) from None
+    misspelt = misspelt_settings(dict(os.environ), settings.allow_env)
+    if misspelt:
+        raise _fail("\n".join(
+            f"{name} looks like a misspelt {setting} (it would be ignored): rename it, or add it to ALLOW_ENV "
+            "if it is meant for something else" for name, setting in misspelt
+        ))
+    return settings
 
 
 def with_settings(fields: Optional[Iterable[str]] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

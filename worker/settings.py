@@ -341,6 +341,11 @@ class Settings(BaseSettings):
     stats_interval_s: float = Field(
         30.0, gt=0, description="How often the throughput summary is logged at info."
     )
+    allow_env: str = Field(
+        "",
+        description="Environment variables that look like a misspelt setting but are meant for something else "
+        "(comma-separated names): the start refuses such a variable otherwise.",
+    )
     shutdown_timeout_s: float = Field(
         25.0,
         ge=5,
@@ -470,3 +475,62 @@ class Settings(BaseSettings):
     def summary(self) -> dict[str, Any]:
         """What is safe to log at start: secrets are masked by SecretStr."""
         return self.model_dump(mode="json")
+
+
+# Variables of other software that look like ours (OpenSSL's CA bundle looks like SSL_CERTFILE).
+KNOWN_FOREIGN_ENV = frozenset({"SSL_CERT_FILE", "SSL_CERT_DIR"})
+MIN_FUZZY_LENGTH = 6  # shorter names (MODE, PORT) are too close to everything to judge
+
+
+def _edits(a: str, b: str, limit: int) -> int:
+    """Levenshtein distance of a and b, or limit + 1 once it is certain to exceed limit."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        if min(current) > limit:
+            return limit + 1
+        previous = current
+    return previous[-1]
+
+
+def resembled_setting(name: str) -> Optional[str]:
+    """The setting an environment variable's name looks like a misspelling of, if any.
+
+    Close means a few edits away (1 for names under 10 characters, 2 otherwise) or the
+    same words in another order (MAX_BATCH_SIZE for BATCH_MAX_SIZE). An exact name, in
+    any case, is the setting itself.
+    """
+    upper = name.upper()
+    settings = [field.upper() for field in Settings.model_fields]
+    if upper in settings or upper in KNOWN_FOREIGN_ENV or len(upper) < MIN_FUZZY_LENGTH:
+        return None
+    words = sorted(upper.split("_"))
+    for setting in settings:
+        if len(words) > 1 and sorted(setting.split("_")) == words:
+            return setting
+    for setting in settings:
+        limit = 1 if len(setting) < 10 else 2
+        if _edits(upper, setting, limit) <= limit:
+            return setting
+    return None
+
+
+def misspelt_settings(environ: dict[str, str], allowed: str = "") -> list[tuple[str, str]]:
+    """(variable, the setting it resembles) for each variable that looks like a misspelt setting.
+
+    A misspelt setting is otherwise ignored without a word (BATCH_MAX_SZE=8 leaves the batch
+    size at its default). ``allowed``: ALLOW_ENV, the names that are meant for something else.
+    """
+    allow = {a.strip().upper() for a in allowed.split(",") if a.strip()}
+    found = []
+    for name in sorted(environ):
+        if name.upper() in allow or not name.replace("_", "").isalnum():
+            continue
+        setting = resembled_setting(name)
+        if setting is not None:
+            found.append((name, setting))
+    return found
