@@ -8,6 +8,7 @@ fault hooks and nothing here patches the worker.
   fault: the worker must stop without committing).
 - FAULT_MAX_PADDED_TOKENS: a call whose padded tokens (rows x longest row) exceed
   this raises, like a GPU running out of memory on a long batch.
+- FAULT_LOAD_GATE_FILE: while this file exists, loading the model waits (a slow GPU start).
 The start-up warm-up is left alone.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,6 +31,15 @@ class FaultyEngine(SentimentEngine):
     flag: Optional[Path] = Path(os.environ["FAULT_FLAG_FILE"]) if os.environ.get("FAULT_FLAG_FILE") else None
     max_padded = int(os.environ.get("FAULT_MAX_PADDED_TOKENS", "0"))
     armed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "FaultyEngine":
+        gate = os.environ.get("FAULT_LOAD_GATE_FILE")
+        while gate and Path(gate).exists():  # the test holds the load here
+            time.sleep(0.05)
+        engine = super().from_settings(settings)
+        assert isinstance(engine, FaultyEngine)
+        return engine
 
     def warmup(self, *args: Any, **kwargs: Any) -> Any:
         result = super().warmup(*args, **kwargs)

@@ -6,6 +6,7 @@ rendered objects. Used by tests/test_helm_chart.py and tests/test_deploy_k8s.py.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -59,6 +60,15 @@ MATRIX: dict[str, tuple[list[str], str]] = {
         *MONITORING], K8S_NEWEST),
     **{f"example-{p.stem}": (["-f", str(p), *MONITORING], K8S_NEWEST) for p in EXAMPLES},
 }
+
+
+def model_source(name: str) -> str:
+    """model.source of a matrix case: its --set, its values file, or values.yaml's default."""
+    args = MATRIX[name][0]
+    source = next((s for s in ("pvc", "image", "baked") if f"model.source={s}" in " ".join(args)), None)
+    if name.startswith("example-"):
+        source = yaml.safe_load(Path(args[1]).read_text()).get("model", {}).get("source")
+    return source or VALUES["model"]["source"]
 
 
 class StrictLoader(yaml.SafeLoader):

@@ -21,7 +21,7 @@ import yaml
 
 from tests.helm_render import (  # noqa: F401  (rendered is a fixture)
     ALERTS, CHART, DASHBOARD, MATRIX, MONITORING, NON_SETTINGS_ENV, REPO, VALUES, config, container, env_of, find,
-    one, pod_spec, render, rendered,
+    model_source, one, pod_spec, render, rendered,
 )
 from worker.settings import Settings
 
@@ -100,7 +100,7 @@ def test_lag_threshold_comes_from_the_measured_rate_and_beats_the_latency_alert(
 
 
 def test_probes_and_port_match_the_worker(rendered) -> None:
-    _, objs = rendered
+    name, objs = rendered
     cfg = config(objs)
     pod = one(objs, "Deployment")["spec"]["template"]
     worker = container(objs)
@@ -108,9 +108,11 @@ def test_probes_and_port_match_the_worker(rendered) -> None:
     assert port["containerPort"] == int(cfg["WEB_PORT"]) == Settings.model_fields["web_port"].default
     assert worker["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     assert worker["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
-    assert worker["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert worker["startupProbe"]["httpGet"] == {"path": "/started", "port": "http"}
     startup = worker["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 180  # model loading takes minutes
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    accel = "gpu" if cfg["DEVICE"] == "cuda" else "cpu"
+    assert budget == VALUES[accel]["startupSeconds"] + VALUES["model"]["loadSeconds"][model_source(name)]
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == cfg["WEB_PORT"]
     service = one(objs, "Service")
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
@@ -205,10 +207,7 @@ def test_model_is_in_place_before_the_worker_starts(rendered) -> None:
     volumes = {v["name"]: v for v in spec["volumes"]}
     worker_mounts = {m["mountPath"]: m for m in worker["volumeMounts"]}
     init_mounts = {m["mountPath"]: m for m in init["volumeMounts"]}
-    source = next((s for s in ("pvc", "image", "baked") if f"model.source={s}" in " ".join(MATRIX[name][0])), None)
-    if name.startswith("example-"):
-        source = yaml.safe_load(Path(MATRIX[name][0][1]).read_text()).get("model", {}).get("source")
-    source = source or VALUES["model"]["source"]
+    source = model_source(name)
     jobs = find(objs, "Job")
     if source == "baked":
         assert init["command"] == ["fetch-model", "wait"]

@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from tests.conftest import REPO
-from tests.kafka_helpers import consume_all, create_topic, end_offsets, free_port, topic_names
+from tests.kafka_helpers import consume_all, create_topic, end_offsets, free_port, topic_names, until
 from worker.pipeline.codec import InputRecord, decode
 from worker.settings import InputFormat, Settings
 
@@ -291,3 +291,28 @@ def test_produce_and_tail_help_list_their_settings_only(base_env: dict[str, str]
     for flag in ("--kafka-bootstrap-servers", "--output-topic", "--count", "--from-beginning"):
         assert flag in tail.stdout
     assert "--input-topic" not in tail.stdout
+
+
+@pytest.mark.kafka
+async def test_health_and_metrics_answer_while_the_model_loads(worker_factory, topics, tmp_path: Path) -> None:
+    """A slow start (minutes on a GPU) is no dead worker: /health and /metrics answer from the first
+    second; /ready and /started say 503 until the model is loaded, then the app's pages take over."""
+    gate = tmp_path / "hold-the-model-load"
+    gate.touch()
+    worker = worker_factory(**topics, faulty=True, fault_load_gate_file=gate)
+    stages: list[str] = []
+
+    def loading() -> bool:
+        body = worker.get("/health")
+        stages.extend([orjson.loads(body)["stage"]] if body else [])
+        return bool(stages) and stages[-1] == "loading the model"
+
+    await until(loading, 60, "/health while the model loads")
+    assert set(stages) <= {"starting", "checking Kafka", "loading the model"}, stages
+    assert worker.get("/ready") is None and worker.get("/started") is None  # 503 (or no answer) until loaded
+    assert b"process_start_time_seconds" in (worker.get("/metrics") or b"")
+    assert not worker.events("model.loaded")
+    gate.unlink()
+    await asyncio.to_thread(worker.wait_ready)
+    assert orjson.loads(worker.get("/started") or b"{}") == {"started": True}
+    assert orjson.loads(worker.get("/health") or b"{}") == {"status": "ok"}

@@ -11,7 +11,6 @@ the per-event path.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from worker.ops.monitor import Monitor
 from worker.ops.shutdown import ExitDeadline
 from worker.ops.telemetry import Telemetry
 from worker.ops.watchdog import StallWatchdog
-from worker.ops.web import install_pages
+from worker.ops.web import StartupPages, install_pages
 from worker.pipeline.batcher import Batcher
 from worker.pipeline.delivery import Deliverer
 from worker.pipeline.headers import HeaderPolicy
@@ -335,19 +334,18 @@ def close_registry(registry: Any, loop: Any) -> None:
         loop.run_until_complete(registry.close())
 
 
-def check_web_port(settings: Settings) -> None:
-    """WEB_PORT free, before the model loads: a busy port fails the start in a second, with a line that says so."""
+def open_startup_pages(settings: Settings) -> Optional[StartupPages]:
+    """/health and /metrics from the first second (``worker.ops.web``); a busy WEB_PORT fails the start at once."""
     if not settings.web_enabled:
-        return
-    family = socket.AF_INET6 if ":" in settings.web_host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds it
-        try:
-            sock.bind((settings.web_host, settings.web_port))
-        except OSError as exc:
-            message = f"WEB_PORT {settings.web_port} on {settings.web_host} can't be used: {exc.strerror or exc}"
-            log.error("web.port_unavailable", error=message)
-            raise StartupError(message) from None
+        return None
+    pages = StartupPages(settings.web_host, settings.web_port)
+    try:
+        pages.start()
+    except OSError as exc:
+        message = f"WEB_PORT {settings.web_port} on {settings.web_host} can't be used: {exc.strerror or exc}"
+        log.error("web.port_unavailable", error=message)
+        raise StartupError(message) from None
+    return pages
 
 
 def run_worker(
@@ -356,23 +354,42 @@ def run_worker(
     engine_factory: EngineFactory = SentimentEngine.from_settings,
     child_argv: Optional[list[str]] = None,
 ) -> int:
-    """Check the web port and Kafka, load the model, run the worker until stopped (Faust's Worker handles signals).
+    """Check Kafka, load the model, run the worker until stopped (Faust's Worker handles signals).
 
     Kafka is checked first: a wrong address or a missing topic is reported in
-    seconds, not after minutes of loading a model onto a GPU. ``engine_factory``
-    makes the engine (the bench's no-op worker and the fault tests give their
-    own). With WORKER_PROCESSES > 1 the children (``child_argv``, default
-    ``sentiment-worker run``) do the rest (``worker.supervisor``). Returns the
-    exit status; once it runs, a shutdown takes at most SHUTDOWN_TIMEOUT_S.
+    seconds, not after minutes of loading a model onto a GPU; meanwhile the startup
+    pages answer on WEB_PORT. ``engine_factory`` makes the engine (the bench's no-op
+    worker and the fault tests give their own). With WORKER_PROCESSES > 1 the
+    children (``child_argv``, default ``sentiment-worker run``) do the rest
+    (``worker.supervisor``). Returns the exit status; once it runs, a shutdown takes
+    at most SHUTDOWN_TIMEOUT_S.
     """
+    log.info("worker.starting", settings=settings.summary(), allocator="jemalloc" if jemalloc_loaded() else "glibc")
+    pages = open_startup_pages(settings)
+    try:
+        return _run(settings, pages, engine_factory, child_argv)
+    finally:
+        if pages is not None:
+            pages.stop()
+
+
+def _run(
+    settings: Settings,
+    pages: Optional[StartupPages],
+    engine_factory: EngineFactory,
+    child_argv: Optional[list[str]],
+) -> int:
     import asyncio
 
     from worker.model.loading import ModelLoadError
 
-    log.info("worker.starting", settings=settings.summary(), allocator="jemalloc" if jemalloc_loaded() else "glibc")
-    check_web_port(settings)
+    def stage(name: str) -> None:
+        if pages is not None:
+            pages.stage = name
+
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    stage("checking Kafka")
     topics = check_kafka(settings, loop)
     registry = open_registry(settings, loop)
     if settings.worker_processes > 1:
@@ -380,13 +397,17 @@ def run_worker(
 
         close_registry(registry, loop)  # checked here to fail fast; each child opens its own
         loop.close()
+        if pages is not None:
+            pages.stop()  # the supervisor serves the pod's pages on WEB_PORT
         return supervise(settings, child_argv)
     use_tokenizer_threads(settings.tokenizer_threads)
     log.info("topics.ready", partitions=topics.partitions, max_message_bytes=topics.max_message_bytes,
              guarantee=settings.processing_guarantee.value)
     started = time.perf_counter()
     try:
+        stage("loading the model")
         engine = engine_factory(settings)
+        stage("warming the model up")
         engine.warmup()
     except ModelLoadError as exc:
         log.error("model.load_failed", error=str(exc))
@@ -430,6 +451,8 @@ def run_worker(
         quiet=True,
         override_logging=True,
     )
+    if pages is not None:
+        pages.stop()  # the app's own pages take WEB_PORT over now
     worker.execute_from_commandline()
     return 0  # Faust's Worker exits the process itself
 
