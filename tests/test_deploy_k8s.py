@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from tests.helm_render import (  # noqa: F401  (rendered is a fixture)
-    ALERTS, CHART, DASHBOARD, MATRIX, MONITORING, NON_SETTINGS_ENV, REPO, VALUES, config, container, env_of, find,
-    model_source, one, pod_spec, render, rendered,
+    ALERTS, CHART, DASHBOARD, K8S_NEWEST, MATRIX, MONITORING, NON_SETTINGS_ENV, REPO, VALUES, config, container, env_of, find,
+    model_source, one, pod_spec, render, rendered, template,
 )
 from worker.settings import Settings
 
@@ -248,6 +248,104 @@ def test_pvc_job_name_follows_the_revision() -> None:
     names = [one(render("--set", "model.source=pvc", "--set", f"model.revision={rev}"), "Job")["metadata"]["name"]
              for rev in ("a" * 40, "b" * 40, "a" * 40)]
     assert names[0] == names[2] != names[1] and all(len(n) <= 63 for n in names)
+
+
+def immutable_parts(obj: dict[str, Any]) -> Any:
+    """What Kubernetes refuses to change in place, per kind (the API server's validation of updates)."""
+    spec = obj.get("spec", {})
+    kind = obj["kind"]
+    if kind == "Job":
+        return {"template": spec.get("template"), "selector": spec.get("selector"), "completions": spec.get("completions")}
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"):
+        parts = {"selector": spec.get("selector")}
+        if kind == "StatefulSet":
+            parts.update(serviceName=spec.get("serviceName"), podManagementPolicy=spec.get("podManagementPolicy"),
+                         volumeClaimTemplates=spec.get("volumeClaimTemplates"))
+        return parts
+    if kind == "PersistentVolumeClaim":  # only the storage request may grow
+        return {k: v for k, v in spec.items() if k != "resources"}
+    if kind == "Service":
+        return {"clusterIP": spec.get("clusterIP")}
+    return None
+
+
+UPGRADES = {  # what a platform team changes from one release to the next
+    "image tag": ["--set", "image.tag=0.2.0-cpu"],
+    "model revision": ["--set", "model.revision=" + "c" * 40],
+    "guarantee": ["--set", "guarantee=exactly_once"],
+    "replica count": ["--set", "autoscaling.enabled=false", "--set", "replicaCount=3"],
+    "a setting": ["--set", "settings.LOG_LEVEL=debug"],
+}
+
+
+@pytest.mark.parametrize("source", ["download", "pvc", "image", "baked"])
+@pytest.mark.parametrize("accelerator", ["cpu", "gpu"])
+def test_no_immutable_field_changes_under_an_unchanged_name_across_upgrades(source: str, accelerator: str) -> None:
+    """helm upgrade patches objects of unchanged names in place: one whose immutable fields differ
+    fails the upgrade ("field is immutable"), as the model Job did on its first image upgrade."""
+    base = ["--set", f"model.source={source}", "--set", f"accelerator={accelerator}"]
+    before = {(o["kind"], o["metadata"]["name"]): o for o in render(*base, kube=K8S_NEWEST)}
+    for change, args in UPGRADES.items():
+        after = {(o["kind"], o["metadata"]["name"]): o for o in render(*base, *args, kube=K8S_NEWEST)}
+        for key in before.keys() & after.keys():
+            assert immutable_parts(before[key]) == immutable_parts(after[key]), f"{change} changes {key} in place"
+        if source == "pvc" and change == "image tag":
+            assert find(list(before.values()), "Job")[0]["metadata"]["name"] != find(list(after.values()), "Job")[0]["metadata"]["name"]
+
+
+def test_extra_env_volumes_zone_spread_and_scratch_storage() -> None:
+    objs = render(
+        "--set", "extraEnv[0].name=TZ", "--set", "extraEnv[0].value=UTC",
+        "--set", "extraEnvFrom[0].secretRef.name=more-settings",
+        "--set", "extraVolumes[0].name=certs", "--set", "extraVolumes[0].configMap.name=corporate-ca",
+        "--set", "extraVolumeMounts[0].name=certs", "--set", "extraVolumeMounts[0].mountPath=/etc/corporate-ca",
+        "--set", "zoneSpread.enabled=true",
+    )
+    worker = container(objs)
+    spec = pod_spec(objs)
+    assert {"name": "TZ", "value": "UTC"} in worker["env"]
+    assert {"secretRef": {"name": "more-settings"}} in worker["envFrom"]
+    assert {"name": "certs", "configMap": {"name": "corporate-ca"}} in spec["volumes"]
+    assert {"name": "certs", "mountPath": "/etc/corporate-ca"} in worker["volumeMounts"]
+    zones = [c for c in spec["topologySpreadConstraints"] if c["topologyKey"] == "topology.kubernetes.io/zone"]
+    assert len(zones) == 1 and zones[0]["labelSelector"]["matchLabels"] == one(objs, "Deployment")["spec"]["selector"]["matchLabels"]
+    # every emptyDir is requested as ephemeral-storage: scratch, plus the downloaded model (default source)
+    assert worker["resources"]["requests"]["ephemeral-storage"] == "3072Mi"  # 1Gi + 2Gi
+    assert container(objs, "model", init=True)["resources"]["requests"]["ephemeral-storage"] == "3072Mi"
+    baked = render("--set", "model.source=baked")
+    assert container(baked)["resources"]["requests"]["ephemeral-storage"] == "1Gi"
+    assert "topology.kubernetes.io/zone" not in str(pod_spec(baked)["topologySpreadConstraints"])
+
+
+def test_security_contexts_can_be_left_to_the_platform() -> None:
+    """OpenShift's restricted-v2 picks the uid: with the keys set to null the chart sets none."""
+    objs = render("--set", "podSecurityContext.runAsUser=null", "--set", "podSecurityContext.runAsGroup=null",
+                  "--set", "podSecurityContext.fsGroup=null")
+    pod = pod_spec(objs)["securityContext"]
+    assert not {"runAsUser", "runAsGroup", "fsGroup"} & set(pod) and pod["runAsNonRoot"] is True
+    assert container(objs)["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_a_moving_revision_is_refused_unless_intended() -> None:
+    out = template("--set", "model.revision=main", check=False)
+    assert out.returncode != 0 and 'model.revision "main" is not a commit' in out.stderr
+    cfg = config(render("--set", "model.revision=main", "--set", "model.allowUnpinnedRevision=true"))
+    assert cfg["MODEL_REVISION"] == "main"
+
+
+def test_no_secret_ever_lands_in_a_config_map() -> None:
+    objs = render("--set", "schemaRegistry.url=https://registry.example.invalid", "--set", "schemaRegistry.username=sw",
+                  "--set", "schemaRegistry.passwordSecret.name=registry-auth", "--set", "settings.OUTPUT_FORMAT=avro")
+    cfg = config(objs)
+    assert cfg["SCHEMA_REGISTRY_PASSWORD_FILE"] == "/etc/sentiment-worker/registry/password"
+    assert not any("PASSWORD" in k and not k.endswith("_FILE") for k in cfg)
+    (volume,) = [v for v in pod_spec(objs)["volumes"] if v["name"] == "registry-credentials"]
+    assert volume["secret"] == {"secretName": "registry-auth", "defaultMode": 0o440, "items": [{"key": "password", "path": "password"}]}
+    for setting in ("SASL_PASSWORD", "SCHEMA_REGISTRY_PASSWORD"):
+        out = template("--set", f"settings.{setting}=hunter2", check=False)
+        assert out.returncode != 0 and f"invalid propertyName '{setting}'" in out.stderr
+        out = template("--skip-schema-validation", "--set", f"settings.{setting}=hunter2", check=False)
+        assert out.returncode != 0 and "would put a secret into a ConfigMap" in out.stderr
 
 
 def test_cpu_defaults() -> None:

@@ -87,12 +87,26 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- or (eq .Values.kafka.securityProtocol "SSL") (eq .Values.kafka.securityProtocol "SASL_SSL") }}
 {{- end }}
 
+{{/* A checksum of the Secrets the pods read (looked up at install and upgrade), so that `helm upgrade` after a changed credential rolls them. */}}
+{{- define "sw.secretsChecksum" -}}
+{{- $data := dict }}
+{{- if eq (include "sw.needsSecret" .) "true" }}
+{{- $_ := set $data "kafka" ((lookup "v1" "Secret" .Release.Namespace .Values.kafka.credentialsSecret).data | default dict) }}
+{{- end }}
+{{- with .Values.schemaRegistry.passwordSecret.name }}
+{{- $_ := set $data "registry" ((lookup "v1" "Secret" $.Release.Namespace .).data | default dict) }}
+{{- end }}
+{{- $data | toJson | sha256sum }}
+{{- end }}
+
 {{/* Does the Secret with the Kafka credentials have to exist? */}}
 {{- define "sw.needsSecret" -}}
 {{- or (eq (include "sw.sasl" .) "true") .Values.kafka.tls.ca .Values.kafka.tls.clientCert }}
 {{- end }}
 
 {{- define "sw.credentialsDir" -}}/etc/sentiment-worker/kafka{{- end }}
+
+{{- define "sw.registryDir" -}}/etc/sentiment-worker/registry{{- end }}
 
 {{/* The model's volume (sources download, pvc, image). */}}
 {{- define "sw.modelClaim" -}}
@@ -122,18 +136,80 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 {{- end }}
 
+{{/* Security contexts from the values (a key set to null is left to the platform: OpenShift's restricted-v2 picks the uid). */}}
 {{- define "sw.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
-fsGroup: 10001
-seccompProfile:
-  type: RuntimeDefault
+{{- toYaml .Values.podSecurityContext }}
 {{- end }}
 
 {{- define "sw.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-capabilities:
-  drop: ["ALL"]
+{{- toYaml .Values.containerSecurityContext }}
+{{- end }}
+
+{{/* ephemeral-storage a container asks for: the scratch emptyDir, and the model's when it is downloaded into the pod. */}}
+{{- define "sw.scratchStorage" -}}
+{{- $scratch := .Values.scratch.sizeLimit }}
+{{- if eq .Values.model.source "download" }}
+{{- printf "%dMi" (add (include "sw.mebibytes" $scratch | int) (include "sw.mebibytes" .Values.model.download.sizeLimit | int)) }}
+{{- else }}
+{{- $scratch }}
+{{- end }}
+{{- end }}
+
+{{/* A quantity in Mi or Gi, as a number of MiB. */}}
+{{- define "sw.mebibytes" -}}
+{{- if hasSuffix "Gi" . }}{{ mul (trimSuffix "Gi" . | int) 1024 }}{{ else if hasSuffix "Mi" . }}{{ trimSuffix "Mi" . | int }}{{ else }}{{ fail (printf "sizes are given in Mi or Gi, not %q" .) }}{{ end }}
+{{- end }}
+
+{{/* A model revision that names one commit (40 hex digits); a branch or tag can move under running replicas. */}}
+{{- define "sw.checkRevision" -}}
+{{- if and (not (regexMatch "^[0-9a-f]{40}$" .Values.model.revision)) (not .Values.model.allowUnpinnedRevision) }}
+{{- fail (printf "model.revision %q is not a commit: replicas would load whatever it points to when each starts. Pin a commit (40 hex digits), or set model.allowUnpinnedRevision=true" .Values.model.revision) }}
+{{- end }}
+{{- end }}
+
+{{/* The model Job's spec (model.source=pvc); its hash names the Job (templates/model-cache.yaml). */}}
+{{- define "sw.modelJobSpec" -}}
+backoffLimit: 6
+template:
+  metadata:
+    labels:
+      app.kubernetes.io/name: {{ include "sw.name" . }}
+      app.kubernetes.io/instance: {{ .Release.Name }}
+      app.kubernetes.io/component: model
+  spec:
+    restartPolicy: OnFailure
+    serviceAccountName: {{ include "sw.serviceAccountName" . }}
+    automountServiceAccountToken: false
+    enableServiceLinks: false
+    {{- with .Values.imagePullSecrets }}
+    imagePullSecrets:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    securityContext:
+      {{- include "sw.podSecurityContext" . | nindent 6 }}
+    containers:
+      - name: fetch-model
+        image: {{ include "sw.image" . }}
+        imagePullPolicy: {{ .Values.image.pullPolicy }}
+        command: ["fetch-model", "download"]
+        env:
+          {{- include "sw.fetchEnv" . | nindent 10 }}
+        {{- $fetch := deepCopy .Values.model.fetchResources }}
+        {{- $_ := set $fetch "requests" (merge (dict "ephemeral-storage" .Values.scratch.sizeLimit) ($fetch.requests | default dict)) }}
+        resources:
+          {{- toYaml $fetch | nindent 10 }}
+        securityContext:
+          {{- include "sw.containerSecurityContext" . | nindent 10 }}
+        volumeMounts:
+          - name: tmp
+            mountPath: /tmp
+          - name: model
+            mountPath: /opt/huggingface
+    volumes:
+      - name: tmp
+        emptyDir:
+          sizeLimit: {{ .Values.scratch.sizeLimit }}
+      - name: model
+        persistentVolumeClaim:
+          claimName: {{ include "sw.modelClaim" . }}
 {{- end }}
