@@ -80,6 +80,7 @@ class SaslMechanism(str, Enum):
     PLAIN = "PLAIN"
     SCRAM_SHA_256 = "SCRAM-SHA-256"
     SCRAM_SHA_512 = "SCRAM-SHA-512"
+    OAUTHBEARER = "OAUTHBEARER"  # tokens from OAUTH_TOKEN_ENDPOINT_URL (worker.kafka.oauth)
 
 
 class Allocator(str, Enum):
@@ -203,11 +204,20 @@ class Settings(BaseSettings):
         SecurityProtocol.PLAINTEXT, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
     )
     sasl_mechanism: SaslMechanism = Field(
-        SaslMechanism.PLAIN, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."
+        SaslMechanism.PLAIN, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER."
     )
     sasl_username: Optional[str] = Field(None, description="SASL user name.")
     sasl_password: Optional[SecretStr] = Field(None, description="SASL password (prefer SASL_PASSWORD_FILE).")
     sasl_password_file: Optional[Path] = Field(None, description="File holding the SASL password.")
+    oauth_token_endpoint_url: Optional[str] = Field(
+        None, description="SASL_MECHANISM=OAUTHBEARER: the OAuth 2 token endpoint (client credentials grant)."
+    )
+    oauth_client_id: Optional[str] = Field(None, description="OAUTHBEARER: the client id at the token endpoint.")
+    oauth_client_secret: Optional[SecretStr] = Field(
+        None, description="OAUTHBEARER: the client secret (prefer OAUTH_CLIENT_SECRET_FILE)."
+    )
+    oauth_client_secret_file: Optional[Path] = Field(None, description="OAUTHBEARER: file holding the client secret.")
+    oauth_scope: Optional[str] = Field(None, description="OAUTHBEARER: the scope to ask tokens for, if the endpoint needs one.")
     ssl_cafile: Optional[Path] = Field(None, description="CA bundle to verify the brokers.")
     ssl_certfile: Optional[Path] = Field(None, description="Client certificate (mutual TLS).")
     ssl_keyfile: Optional[Path] = Field(None, description="Client private key (mutual TLS).")
@@ -402,7 +412,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_secret_files(self) -> "Settings":
-        for name in ("sasl_password_file", "schema_registry_password_file"):
+        for name in ("sasl_password_file", "schema_registry_password_file", "oauth_client_secret_file"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{name.upper()} {path} is not a readable file")
@@ -410,8 +420,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_sasl(self) -> "Settings":
-        if self.security_protocol.value.startswith("SASL") and not self.sasl_username:
-            raise ValueError(f"SECURITY_PROTOCOL={self.security_protocol.value} needs SASL_USERNAME")
+        if not self.security_protocol.value.startswith("SASL"):
+            return self
+        protocol = f"SECURITY_PROTOCOL={self.security_protocol.value}"
+        if self.sasl_mechanism is SaslMechanism.OAUTHBEARER:
+            has_secret = self.oauth_client_secret is not None or self.oauth_client_secret_file is not None
+            if not (self.oauth_token_endpoint_url and self.oauth_client_id and has_secret):
+                raise ValueError(
+                    f"{protocol} with SASL_MECHANISM=OAUTHBEARER needs OAUTH_TOKEN_ENDPOINT_URL, OAUTH_CLIENT_ID "
+                    "and OAUTH_CLIENT_SECRET_FILE (or OAUTH_CLIENT_SECRET)"
+                )
+        elif not self.sasl_username:
+            raise ValueError(f"{protocol} needs SASL_USERNAME")
         return self
 
     @model_validator(mode="after")
@@ -457,6 +477,10 @@ class Settings(BaseSettings):
     def sasl_password_value(self) -> Optional[str]:
         """The password from SASL_PASSWORD_FILE or SASL_PASSWORD; never logged."""
         return secret(self.sasl_password, self.sasl_password_file)
+
+    def oauth_client_secret_value(self) -> Optional[str]:
+        """The client secret from OAUTH_CLIENT_SECRET_FILE or OAUTH_CLIENT_SECRET; never logged."""
+        return secret(self.oauth_client_secret, self.oauth_client_secret_file)
 
     def as_env(self) -> dict[str, str]:
         """These settings as environment variables (for child processes; holds secrets: never log it)."""

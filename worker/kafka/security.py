@@ -1,15 +1,40 @@
-"""Kafka connection security (SSL, SASL PLAIN / SCRAM) for every client the worker opens.
+"""Kafka connection security (SSL, SASL PLAIN / SCRAM / OAUTHBEARER) for every client the worker opens.
 
-Secrets come from env vars or files (SASL_PASSWORD_FILE) and are never logged:
-settings hold them as SecretStr, and these helpers hand them only to clients.
+Secrets come from env vars or files (SASL_PASSWORD_FILE, OAUTH_CLIENT_SECRET_FILE) and
+are never logged: settings hold them as SecretStr, and these helpers hand them only to
+clients. OAUTHBEARER tokens come from one provider per client id, shared by every client
+(``worker.kafka.oauth``).
 """
 
 from __future__ import annotations
 
 import ssl
+import threading
 from typing import Any, Optional
 
-from worker.settings import SecurityProtocol, Settings
+from worker.kafka.oauth import ClientCredentialsTokens
+from worker.settings import SaslMechanism, SecurityProtocol, Settings
+
+_providers: dict[tuple[Any, ...], ClientCredentialsTokens] = {}
+_providers_lock = threading.Lock()
+
+
+def token_provider(settings: Settings) -> ClientCredentialsTokens:
+    """The OAUTHBEARER token provider of these settings (one per endpoint, client and scope)."""
+    key = (settings.oauth_token_endpoint_url, settings.oauth_client_id, settings.oauth_scope,
+           settings.oauth_client_secret_file)
+    with _providers_lock:
+        provider = _providers.get(key)
+        if provider is None:
+            assert settings.oauth_token_endpoint_url and settings.oauth_client_id, "checked by Settings"
+            provider = _providers[key] = ClientCredentialsTokens(
+                settings.oauth_token_endpoint_url,
+                settings.oauth_client_id,
+                settings.oauth_client_secret_value,
+                scope=settings.oauth_scope,
+                timeout_s=settings.kafka_timeout_s,
+            )
+        return provider
 
 
 def ssl_context(settings: Settings) -> Optional[ssl.SSLContext]:
@@ -30,11 +55,14 @@ def aiokafka_options(settings: Settings) -> dict[str, Any]:
     if context is not None:
         options["ssl_context"] = context
     if settings.security_protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL):
-        options.update(
-            sasl_mechanism=settings.sasl_mechanism.value,
-            sasl_plain_username=settings.sasl_username,
-            sasl_plain_password=settings.sasl_password_value(),
-        )
+        if settings.sasl_mechanism is SaslMechanism.OAUTHBEARER:
+            options.update(sasl_mechanism="OAUTHBEARER", sasl_oauth_token_provider=token_provider(settings))
+        else:
+            options.update(
+                sasl_mechanism=settings.sasl_mechanism.value,
+                sasl_plain_username=settings.sasl_username,
+                sasl_plain_password=settings.sasl_password_value(),
+            )
     return options
 
 
@@ -47,6 +75,8 @@ def faust_credentials(settings: Settings) -> Any:
         return None
     if protocol is SecurityProtocol.SSL:
         return faust.SSLCredentials(ssl_context(settings))
+    if settings.sasl_mechanism is SaslMechanism.OAUTHBEARER:
+        return faust.OAuthCredentials(oauth_cb=token_provider(settings), ssl_context=ssl_context(settings))
     return faust.SASLCredentials(
         username=settings.sasl_username,
         password=settings.sasl_password_value(),

@@ -21,6 +21,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 
 from worker.kafka.errors import describe
+from worker.kafka.oauth import OAuthTokenError
 from worker.ops import logs
 
 log = logs.get_logger(__name__)
@@ -77,6 +78,10 @@ async def ensure_topics(
     )
     try:
         await admin.start()
+    except OAuthTokenError as exc:  # OAUTHBEARER: the token endpoint gave no token
+        with contextlib.suppress(Exception):
+            await admin.close()
+        raise KafkaSetupError(f"Kafka at {bootstrap_servers}: {exc}") from None
     except (KafkaConnectionError, KafkaError, OSError) as exc:
         with contextlib.suppress(Exception):
             await admin.close()
