@@ -58,6 +58,11 @@ MATRIX: dict[str, tuple[list[str], str]] = {
         "--set", "metrics.job=reviews-sentiment", "--set", "prometheusRule.runbookBaseUrl=https://docs.example.invalid/ops.md",
         "--set", "networkPolicy.kafkaTo[0].ipBlock.cidr=10.20.0.0/16", "--set", "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
         *MONITORING], K8S_NEWEST),
+    "oauthbearer": ([
+        "--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.saslMechanism=OAUTHBEARER",
+        "--set", "kafka.oauth.tokenEndpointUrl=https://sso.example.invalid/realms/kafka/protocol/openid-connect/token",
+        "--set", "kafka.oauth.clientId=sentiment-worker", "--set", "kafka.oauth.scope=kafka",
+        "--set", "kafka.tls.ca=true", "--set", "kafka.caSecret.name=my-cluster-cluster-ca-cert"], K8S_NEWEST),
     **{f"example-{p.stem}": (["-f", str(p), *MONITORING], K8S_NEWEST) for p in EXAMPLES},
 }
 

@@ -38,11 +38,13 @@ def test_config_holds_only_settings_the_worker_accepts(rendered) -> None:
     assert not unknown, f"not worker settings (typo?): {sorted(unknown)}"
     assert cfg["HF_HUB_OFFLINE"] == "1", "the worker never downloads the model at start"
     values = {k.lower(): v for k, v in cfg.items() if k.lower() in Settings.model_fields}
-    for path_setting in ("sasl_password_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+    for path_setting in ("sasl_password_file", "oauth_client_secret_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
         if path_setting in values:
-            assert values.pop(path_setting).startswith("/etc/sentiment-worker/kafka/")
-    if values.get("security_protocol", "").startswith("SASL"):
-        values["sasl_username"] = "from-the-secret"
+            assert values.pop(path_setting).startswith(("/etc/sentiment-worker/kafka/", "/etc/sentiment-worker/kafka-ca/"))
+    if values.get("sasl_mechanism") == "OAUTHBEARER":
+        values["oauth_client_secret"] = "from-the-secret"
+    elif values.get("security_protocol", "").startswith("SASL"):
+        values.setdefault("sasl_username", "from-the-secret")
     Settings(**values)
 
 
@@ -64,7 +66,9 @@ def test_scaler_watches_the_workers_group_and_topic(rendered) -> None:
     assert meta["allowIdleConsumers"] == "false" and meta["limitToPartitionsWithLag"] == "true"
     assert meta["tls"] == ("enable" if cfg["SECURITY_PROTOCOL"] in ("SSL", "SASL_SSL") else "disable")
     if cfg["SECURITY_PROTOCOL"].startswith("SASL"):
-        assert meta["sasl"] == cfg["SASL_MECHANISM"].lower().replace("-", "_").replace("scram_sha_", "scram_sha")
+        keda_sasl = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512",
+                     "OAUTHBEARER": "oauthbearer"}  # KEDA's names (its kafka scaler's enum)
+        assert meta["sasl"] == keda_sasl[cfg["SASL_MECHANISM"]]
     # Replicas beyond the partition count would sit idle (and unready).
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= int(cfg["TOPIC_PARTITIONS"])
     # KEDA's HPA owns the replica count: a fixed one would fight it on every apply.
@@ -160,29 +164,42 @@ def test_security_and_credentials(rendered) -> None:
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]
     assert env_of(worker)["DATA_DIR"].startswith("/tmp/")
-    # Kafka credentials: only references to the operator's Secret, never values.
+    # Kafka credentials: only references to the operator's Secrets, never values.
     assert not find(objs, "Secret"), "Secrets are created by the operator, never rendered"
-    assert "SASL_PASSWORD" not in cfg
+    assert "SASL_PASSWORD" not in cfg and "OAUTH_CLIENT_SECRET" not in cfg
     protocol = cfg["SECURITY_PROTOCOL"]
-    needs_secret = protocol.startswith("SASL") or "SSL_CAFILE" in cfg or "SSL_CERTFILE" in cfg
-    if not needs_secret:
-        assert "kafka-credentials" not in volumes
-        return
-    secret = volumes["kafka-credentials"]["secret"]["secretName"]
-    mount = next(m for m in worker["volumeMounts"] if m["name"] == "kafka-credentials")
-    assert mount["readOnly"] is True
-    for key in ("SASL_PASSWORD_FILE", "SSL_CAFILE", "SSL_CERTFILE", "SSL_KEYFILE"):
+    oauth = cfg.get("SASL_MECHANISM") == "OAUTHBEARER"
+    ca_dir, credentials_dir = "/etc/sentiment-worker/kafka-ca/", "/etc/sentiment-worker/kafka/"
+    own_ca = cfg.get("SSL_CAFILE", "").startswith(ca_dir)  # a CA Secret of its own (Strimzi's cluster CA)
+    needs_secret = protocol.startswith("SASL") or "SSL_CERTFILE" in cfg or ("SSL_CAFILE" in cfg and not own_ca)
+    assert ("kafka-credentials" in volumes) == needs_secret and ("kafka-ca" in volumes) == own_ca
+    secrets: dict[str, str] = {}  # Secret name -> where the worker mounts it
+    for volume_name in ("kafka-credentials", "kafka-ca"):
+        if volume_name in volumes:
+            mount = next(m for m in worker["volumeMounts"] if m["name"] == volume_name)
+            assert mount["readOnly"] is True
+            secrets[volumes[volume_name]["secret"]["secretName"]] = mount["mountPath"] + "/"
+    assert set(secrets.values()) <= {credentials_dir, ca_dir}
+    for key in ("SASL_PASSWORD_FILE", "OAUTH_CLIENT_SECRET_FILE", "SSL_CAFILE", "SSL_CERTFILE", "SSL_KEYFILE"):
         if key in cfg:
-            assert cfg[key].startswith(mount["mountPath"] + "/")
-    if protocol.startswith("SASL"):
-        assert env_of(worker)["SASL_USERNAME"]["secretKeyRef"]["name"] == secret
-    # KEDA reads the same Secret, the same keys the worker mounts
+            assert cfg[key].startswith(ca_dir if key == "SSL_CAFILE" and own_ca else credentials_dir), key
+    if protocol.startswith("SASL") and not oauth and "SASL_USERNAME" not in cfg:
+        assert env_of(worker)["SASL_USERNAME"]["secretKeyRef"]["name"] in secrets
+    # KEDA reads the same Secrets and keys the worker mounts, and the chart's ConfigMap for the rest
     for auth in find(objs, "TriggerAuthentication"):
         refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
-        assert {r["name"] for r in refs.values()} == {secret}
-        files = {Path(cfg[k]).name for k in ("SASL_PASSWORD_FILE", "SSL_CAFILE", "SSL_CERTFILE", "SSL_KEYFILE") if k in cfg}
+        assert {r["name"] for r in refs.values()} == set(secrets)
+        files = {Path(cfg[k]).name for k in ("SASL_PASSWORD_FILE", "OAUTH_CLIENT_SECRET_FILE", "SSL_CAFILE", "SSL_CERTFILE",
+                                             "SSL_KEYFILE") if k in cfg}
         assert {r["key"] for p, r in refs.items() if p != "username"} == files
         assert ("cert" in refs) == ("SSL_CERTFILE" in cfg) and ("ca" in refs) == ("SSL_CAFILE" in cfg)
+        from_config = {r["parameter"]: r["key"] for r in auth["spec"].get("configMapTargetRef", [])}
+        if oauth:
+            assert from_config["username"] == "OAUTH_CLIENT_ID" and from_config["oauthTokenEndpointUri"] == "OAUTH_TOKEN_ENDPOINT_URL"
+        elif "SASL_USERNAME" in cfg:
+            assert from_config == {"username": "SASL_USERNAME"} and "username" not in refs
+        elif protocol.startswith("SASL"):
+            assert "username" in refs and not from_config
 
 
 def test_command_is_the_images(rendered) -> None:

@@ -93,18 +93,41 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if eq (include "sw.needsSecret" .) "true" }}
 {{- $_ := set $data "kafka" ((lookup "v1" "Secret" .Release.Namespace .Values.kafka.credentialsSecret).data | default dict) }}
 {{- end }}
+{{- if eq (include "sw.caSecret" .) "true" }}
+{{- $_ := set $data "ca" ((lookup "v1" "Secret" .Release.Namespace .Values.kafka.caSecret.name).data | default dict) }}
+{{- end }}
 {{- with .Values.schemaRegistry.passwordSecret.name }}
 {{- $_ := set $data "registry" ((lookup "v1" "Secret" $.Release.Namespace .).data | default dict) }}
 {{- end }}
 {{- $data | toJson | sha256sum }}
 {{- end }}
 
-{{/* Does the Secret with the Kafka credentials have to exist? */}}
+{{/* Does the Secret with the Kafka credentials have to exist? (The CA may come from a Secret of its own.) */}}
 {{- define "sw.needsSecret" -}}
-{{- or (eq (include "sw.sasl" .) "true") .Values.kafka.tls.ca .Values.kafka.tls.clientCert }}
+{{- or (eq (include "sw.sasl" .) "true") .Values.kafka.tls.clientCert (and .Values.kafka.tls.ca (not .Values.kafka.caSecret.name)) }}
+{{- end }}
+
+{{/* Is the CA a Secret of its own (Strimzi's <cluster>-cluster-ca-cert)? */}}
+{{- define "sw.caSecret" -}}
+{{- and .Values.kafka.tls.ca (ne .Values.kafka.caSecret.name "") | toString }}
+{{- end }}
+
+{{- define "sw.oauth" -}}
+{{- and (eq (include "sw.sasl" .) "true") (eq .Values.kafka.saslMechanism "OAUTHBEARER") | toString }}
 {{- end }}
 
 {{- define "sw.credentialsDir" -}}/etc/sentiment-worker/kafka{{- end }}
+
+{{- define "sw.caDir" -}}/etc/sentiment-worker/kafka-ca{{- end }}
+
+{{/* Where the worker reads the CA bundle. */}}
+{{- define "sw.caFile" -}}
+{{- if eq (include "sw.caSecret" .) "true" }}
+{{- printf "%s/%s" (include "sw.caDir" .) .Values.kafka.caSecret.key }}
+{{- else }}
+{{- printf "%s/%s" (include "sw.credentialsDir" .) .Values.kafka.secretKeys.ca }}
+{{- end }}
+{{- end }}
 
 {{- define "sw.registryDir" -}}/etc/sentiment-worker/registry{{- end }}
 
