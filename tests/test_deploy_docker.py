@@ -278,7 +278,17 @@ def test_build_context_is_only_the_package() -> None:
             copied.update(args.split()[:-1])
     assert copied == allowed == {
         "pyproject.toml", "README.md", "worker", "schemas", "requirements/runtime.txt", "requirements/model-fetch.txt",
-        "deploy/docker/fetch_model.py",
+        "requirements/sbom.cdx.json", "deploy/docker/fetch_model.py",
     }
     for path in copied:
         assert (REPO / path).exists()
+
+
+def test_images_carry_oci_labels_and_the_sbom() -> None:
+    """The OCI annotation keys a registry and a scanner read, and the lock's SBOM inside the image."""
+    runtime = stages()["runtime"]
+    labels = " ".join(args for keyword, args in runtime if keyword == "LABEL")
+    for key in ("title", "description", "version", "revision", "created", "source", "base.name"):
+        assert f"org.opencontainers.image.{key}=" in labels, key
+    copies = [args.split() for keyword, args in runtime if keyword == "COPY" and "--from=" not in args]
+    assert ["requirements/sbom.cdx.json", "/usr/share/sentiment-worker/sbom.cdx.json"] in copies

@@ -113,3 +113,22 @@ def test_images_install_from_the_lock() -> None:
     assert "--require-hashes --no-deps -r requirements/model-fetch.txt" in dockerfile
     (torch_version,) = re.findall(r"^ARG TORCH_VERSION=(\S+)$", dockerfile, re.M)
     assert torch_version == DEV["torch"][0], "the images' torch must be the version CI tests"
+
+
+def test_the_sbom_lists_exactly_the_locked_runtime_packages() -> None:
+    """requirements/sbom.cdx.json (CycloneDX, in the images) is made from runtime.txt by requirements/lock."""
+    sbom = json.loads((REPO / "requirements" / "sbom.cdx.json").read_text())
+    assert sbom["bomFormat"] == "CycloneDX" and sbom["metadata"]["component"]["name"] == "sentiment-worker"
+    listed = {(c["name"].lower(), c["version"]): {h["content"] for r in c.get("externalReferences", []) for h in r.get("hashes", [])}
+              for c in sbom["components"]}
+    locked: dict[tuple[str, str], set[str]] = {}
+    current = None
+    for line in (REPO / "requirements" / "runtime.txt").read_text().splitlines():
+        pin = re.match(r"^([A-Za-z0-9_.-]+)==([^ ;]+)", line)
+        if pin:
+            current = (pin.group(1).lower(), pin.group(2))
+            locked[current] = set()
+        for digest in re.findall(r"--hash=sha256:([0-9a-f]{64})", line):
+            if current is not None:
+                locked[current].add(digest)
+    assert listed == locked, "stale SBOM: run requirements/lock"
