@@ -86,9 +86,10 @@ def _no_duplicates(loader: StrictLoader, node: yaml.MappingNode, deep: bool = Fa
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
 
 
-def template(*args: str, kube: str = K8S_OLDEST, release: str = "sw", check: bool = True) -> subprocess.CompletedProcess[str]:
+def template(*args: str, kube: str = K8S_OLDEST, release: str = "sw", namespace: str = "sentiment",
+             check: bool = True) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
-        [helm(), "template", release, str(CHART), "--namespace", "sentiment", "--kube-version", kube, *args],
+        [helm(), "template", release, str(CHART), "--namespace", namespace, "--kube-version", kube, *args],
         capture_output=True, text=True, timeout=120,
     )
     if check:
@@ -96,8 +97,9 @@ def template(*args: str, kube: str = K8S_OLDEST, release: str = "sw", check: boo
     return out
 
 
-def render(*args: str, kube: str = K8S_OLDEST, release: str = "sw") -> list[dict[str, Any]]:
-    return [doc for doc in yaml.load_all(template(*args, kube=kube, release=release).stdout, Loader=StrictLoader) if doc]
+def render(*args: str, kube: str = K8S_OLDEST, release: str = "sw", namespace: str = "sentiment") -> list[dict[str, Any]]:
+    out = template(*args, kube=kube, release=release, namespace=namespace)
+    return [doc for doc in yaml.load_all(out.stdout, Loader=StrictLoader) if doc]
 
 
 @pytest.fixture(scope="module", params=sorted(MATRIX), ids=str)

@@ -74,6 +74,7 @@ def test_scaler_watches_the_workers_group_and_topic(rendered) -> None:
             assert trigger["metricType"] == "Value"
             assert "sentiment_worker_consumer_lag_seconds" in trigger["metadata"]["query"]
             assert f'topic="{cfg["INPUT_TOPIC"]}"' in trigger["metadata"]["query"]
+            assert f'group="{cfg["GROUP_ID"]}"' in trigger["metadata"]["query"]
 
 
 def test_lag_threshold_comes_from_the_measured_rate_and_beats_the_latency_alert() -> None:
@@ -416,11 +417,17 @@ def test_service_monitor_scrapes_the_service_as_the_rules_expect() -> None:
         assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == job
 
 
+def scoped(text: str, job: str = "sentiment-worker", namespace: str = "sentiment") -> str:
+    """alerts.yml's selectors as the chart renders them for a release."""
+    return text.replace('job="sentiment-worker"', f'job="{job}", namespace="{namespace}"')
+
+
 def test_prometheus_rule_is_the_alerts_file() -> None:
-    """One source of rules: the chart renders deploy/prometheus/alerts.yml, base and job substituted."""
+    """One source of rules: the chart renders deploy/prometheus/alerts.yml, base substituted,
+    each selector scoped to the release's job and namespace."""
     assert (CHART / "files" / "alerts.yml").resolve() == ALERTS.resolve()
     source = yaml.safe_load(ALERTS.read_text())["groups"]
-    assert one(render(*MONITORING), "PrometheusRule")["spec"]["groups"] == source
+    assert one(render(*MONITORING), "PrometheusRule")["spec"]["groups"] == yaml.safe_load(scoped(ALERTS.read_text()))["groups"]
     base = "https://docs.example.invalid/ops/OPERATIONS.md"
     objs = render("--set", f"prometheusRule.runbookBaseUrl={base}", "--set", "metrics.job=reviews",
                   "--set", "prometheusRule.labels.release=kube-prometheus-stack", *MONITORING)
@@ -432,7 +439,7 @@ def test_prometheus_rule_is_the_alerts_file() -> None:
     for got, want in zip(rendered_rules, source_rules):
         anchor = want["annotations"]["runbook_url"].split("#", 1)[1]
         assert got["annotations"]["runbook_url"] == f"{base}#{anchor}"
-        assert got["expr"] == want["expr"].replace('job="sentiment-worker"', 'job="reviews"')
+        assert got["expr"] == scoped(want["expr"], job="reviews")
         assert {k: v for k, v in got["annotations"].items() if k != "runbook_url"} == \
             {k: v for k, v in want["annotations"].items() if k != "runbook_url"}
 
@@ -443,6 +450,31 @@ def test_grafana_dashboard_configmap_is_the_dashboard() -> None:
     (cm,) = [c for c in find(objs, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["sentiment-worker.json"]) == json.loads(DASHBOARD.read_text())
+
+
+def test_two_releases_rules_never_mix() -> None:
+    """Two releases in two namespaces, even with one job name: each one's rules select only its
+    own namespace's series (and KEDA's Prometheus trigger only its own group's lag)."""
+    exprs = {}
+    for namespace in ("sentiment", "reviews"):
+        objs = render("--set", "autoscaling.prometheus.enabled=true", *MONITORING, namespace=namespace)
+        rules = [r for g in one(objs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+        exprs[namespace] = " ".join(r["expr"] for r in rules)
+        assert exprs[namespace].count('job="sentiment-worker"') == exprs[namespace].count(f'namespace="{namespace}"') > 12
+        (trigger,) = [t for t in one(objs, "ScaledObject")["spec"]["triggers"] if t["type"] == "prometheus"]
+        assert f'namespace="{namespace}"' in trigger["metadata"]["query"]
+    assert 'namespace="reviews"' not in exprs["sentiment"] and 'namespace="sentiment"' not in exprs["reviews"]
+
+
+def test_no_absent_alert_when_scaled_to_zero_is_normal() -> None:
+    """minReplicas 0: no scrape target is the idle state, not an outage (the broker-side lag alert
+    sees a backlog nobody consumes)."""
+    def alerts(*args: str) -> set[str]:
+        return {r["alert"] for g in one(render(*args, *MONITORING), "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
+
+    assert "SentimentWorkerAbsent" in alerts()
+    assert "SentimentWorkerAbsent" not in alerts("--set", "autoscaling.minReplicas=0")
+    assert "SentimentWorkerAbsent" in alerts("--set", "autoscaling.minReplicas=0", "--set", "autoscaling.enabled=false")
 
 
 # ------------------------------------------------------------------ network policy
