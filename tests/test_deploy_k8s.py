@@ -444,12 +444,37 @@ def test_prometheus_rule_is_the_alerts_file() -> None:
             {k: v for k, v in want["annotations"].items() if k != "runbook_url"}
 
 
-def test_grafana_dashboard_configmap_is_the_dashboard() -> None:
-    assert not [c for c in find(render(), "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
-    objs = render("--set", "grafanaDashboard.enabled=true")
+def rendered_dashboard(release: str = "sw", namespace: str = "sentiment", *args: str) -> tuple[str, dict]:
+    """The dashboard ConfigMap's file name and dashboard."""
+    objs = render("--set", "grafanaDashboard.enabled=true", *args, release=release, namespace=namespace)
     (cm,) = [c for c in find(objs, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(cm["data"]["sentiment-worker.json"]) == json.loads(DASHBOARD.read_text())
+    ((name, text),) = cm["data"].items()
+    return name, json.loads(text)
+
+
+def test_grafana_dashboard_configmap_is_the_dashboard() -> None:
+    """The dashboard file, with a uid, title and file name of the release's own, its job and
+    namespace preselected: two releases' dashboards never replace each other in Grafana."""
+    assert not [c for c in find(render(), "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+    name, dashboard = rendered_dashboard("sw", "sentiment", "--set", "metrics.job=reviews")
+    source = json.loads(DASHBOARD.read_text())
+    assert name == "sentiment-sw-sentiment-worker.json"
+    assert dashboard["title"] == "Sentiment worker (sentiment/sw)"
+    assert re.fullmatch(r"[a-zA-Z0-9_-]{1,40}", dashboard["uid"]) and dashboard["uid"] != source["uid"]
+    current = {v["name"]: v.get("current") for v in dashboard["templating"]["list"]}
+    assert current["job"] == {"text": "reviews", "value": "reviews"}
+    assert current["namespace"] == {"text": "sentiment", "value": "sentiment"}
+    for doc in (dashboard, source):
+        doc.pop("uid"), doc.pop("title")
+        for variable in doc["templating"]["list"]:
+            variable.pop("current", None)
+    assert dashboard == source
+    # another release name, another namespace, or both: another uid, title and file; the same: the same
+    seen = dict((name, doc["uid"]) for name, doc in (
+        rendered_dashboard(r, ns) for r, ns in (("sw", "sentiment"), ("reviews", "sentiment"), ("sw", "reviews"), ("reviews", "reviews"))))
+    assert len(seen) == len(set(seen.values())) == 4
+    assert rendered_dashboard("sw", "sentiment")[1]["uid"] == seen["sentiment-sw-sentiment-worker.json"]
 
 
 def test_two_releases_rules_never_mix() -> None:

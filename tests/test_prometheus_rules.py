@@ -221,6 +221,17 @@ def test_dashboard_covers_the_operators_questions() -> None:
     assert doc["uid"] == "sentiment-worker"
     variables = {v["name"]: v for v in doc["templating"]["list"]}
     assert variables["datasource"]["query"] == "prometheus"
+    # one release at a time: job and namespace (All where there is none, as in compose), then replicas
+    assert [v["name"] for v in doc["templating"]["list"]] == ["datasource", "job", "namespace", "instance"]
+    namespace = variables["namespace"]
+    assert namespace["query"]["query"] == 'label_values(sentiment_worker_model_info{job="$job"}, namespace)'
+    assert namespace["includeAll"] and namespace["allValue"] == ".*"
+    assert 'namespace=~"$namespace"' in variables["instance"]["query"]["query"]
+    for panel in doc["panels"]:
+        for target in panel.get("targets", []):
+            for matchers in re.findall(r"\{[^}]*\}", target["expr"]):
+                for matcher in ('job="$job"', 'namespace=~"$namespace"', 'instance=~"$instance"'):
+                    assert matcher in matchers, f"{panel['title']}: {target['expr']} lacks {matcher}"
     for panel in doc["panels"]:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
