@@ -114,7 +114,11 @@ def test_probes_and_port_match_the_worker(rendered) -> None:
     budget = startup["periodSeconds"] * startup["failureThreshold"]
     accel = "gpu" if cfg["DEVICE"] == "cuda" else "cpu"
     assert budget == VALUES[accel]["startupSeconds"] + VALUES["model"]["loadSeconds"][model_source(name)]
-    assert pod["metadata"]["annotations"]["prometheus.io/port"] == cfg["WEB_PORT"]
+    annotations = pod["metadata"]["annotations"]
+    if find(objs, "ServiceMonitor"):
+        assert "prometheus.io/scrape" not in annotations  # scraped once, through the ServiceMonitor
+    else:
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == cfg["WEB_PORT"]
     service = one(objs, "Service")
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     assert service["spec"]["publishNotReadyAddresses"] is True and service["spec"]["clusterIP"] == "None"
@@ -403,6 +407,22 @@ def test_monitoring_objects_follow_the_cluster() -> None:
     assert {"ServiceMonitor", "PrometheusRule"} <= kinds
     kinds = {o["kind"] for o in render("--set", "metrics.serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true")}
     assert {"ServiceMonitor", "PrometheusRule"} <= kinds
+
+
+def test_pods_are_scraped_once() -> None:
+    """prometheus.io/scrape annotations only where no ServiceMonitor is rendered (auto), or as told:
+    a Prometheus that honours both would scrape every pod twice (and double every sum)."""
+    def kinds_and_annotations(*args: str) -> tuple[bool, bool]:
+        objs = render(*args)
+        annotations = one(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        return bool(find(objs, "ServiceMonitor")), "prometheus.io/scrape" in annotations
+
+    assert kinds_and_annotations() == (False, True)
+    assert kinds_and_annotations(*MONITORING) == (True, False)
+    assert kinds_and_annotations("--set", "metrics.serviceMonitor.enabled=true") == (True, False)
+    assert kinds_and_annotations(*MONITORING, "--set", "metrics.serviceMonitor.enabled=false") == (False, True)
+    assert kinds_and_annotations(*MONITORING, "--set", "metrics.scrapeAnnotations=true") == (True, True)
+    assert kinds_and_annotations("--set", "metrics.scrapeAnnotations=false") == (False, False)
 
 
 def test_service_monitor_scrapes_the_service_as_the_rules_expect() -> None:

@@ -142,6 +142,7 @@ def test_chart_refuses_what_can_not_work() -> None:
         (["--set", "settings.BATCH_MAX_SZE=8"], "invalid propertyName 'BATCH_MAX_SZE'"),
         (["--set", "image.digest=latest"], "/image/digest"),
         (["--set", "metrics.serviceMonitor.enabled=maybe"], "/metrics/serviceMonitor/enabled"),
+        (["--set", "metrics.scrapeAnnotations=yes"], "/metrics/scrapeAnnotations"),
     ]:
         out = template(*args, check=False)
         assert out.returncode != 0 and message in out.stderr, (args, out.stderr)

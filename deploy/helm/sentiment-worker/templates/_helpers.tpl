@@ -79,6 +79,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 {{- end }}
 
+{{/* "true" when the pods carry prometheus.io/scrape annotations (auto: only without a ServiceMonitor). */}}
+{{- define "sw.scrapeAnnotations" -}}
+{{- if eq (toString .Values.metrics.scrapeAnnotations) "auto" }}
+{{- not (eq (include "sw.monitoring" (list .Values.metrics.serviceMonitor.enabled .)) "true") }}
+{{- else }}
+{{- .Values.metrics.scrapeAnnotations }}
+{{- end }}
+{{- end }}
+
 {{- define "sw.sasl" -}}
 {{- hasPrefix "SASL_" .Values.kafka.securityProtocol }}
 {{- end }}
