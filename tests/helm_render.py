@@ -38,7 +38,8 @@ MATRIX: dict[str, tuple[list[str], str]] = {
         "--set", "kafka.tls.ca=true", "--set", "staticMembership=true", "--set", "autoscaling.maxReplicas=4",
         "--set", "autoscaling.prometheus.enabled=true", "--set", "grafanaDashboard.enabled=true",
         "--set", "metrics.serviceMonitor.labels.release=kube-prometheus-stack", "--set", "model.tokenSecret=hf",
-        *MONITORING], K8S_NEWEST),
+        "--set", "prometheusRule.brokerLag.enabled=true", "--set", "prometheusRule.brokerLag.exporter=kminion",
+        "--set", 'prometheusRule.brokerLag.matchers=cluster="prod"', *MONITORING], K8S_NEWEST),
     "cpu-mtls-baked-exactly-once": ([
         "--set", "kafka.securityProtocol=SSL", "--set", "kafka.tls.ca=true", "--set", "kafka.tls.clientCert=true",
         "--set", "model.source=baked", "--set", "guarantee=exactly_once", "--set", "precision=int8",
@@ -57,7 +58,7 @@ MATRIX: dict[str, tuple[list[str], str]] = {
     "renamed-release-job-and-runbooks": ([
         "--set", "metrics.job=reviews-sentiment", "--set", "prometheusRule.runbookBaseUrl=https://docs.example.invalid/ops.md",
         "--set", "networkPolicy.kafkaTo[0].ipBlock.cidr=10.20.0.0/16", "--set", "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
-        *MONITORING], K8S_NEWEST),
+        "--set", "prometheusRule.brokerLag.enabled=true", *MONITORING], K8S_NEWEST),
     **{f"example-{p.stem}": (["-f", str(p), *MONITORING], K8S_NEWEST) for p in EXAMPLES},
 }
 

@@ -23,6 +23,7 @@ from tests.helm_render import (  # noqa: F401  (rendered is a fixture)
     ALERTS, CHART, DASHBOARD, K8S_NEWEST, MATRIX, MONITORING, NON_SETTINGS_ENV, REPO, VALUES, config, container, env_of, find,
     model_source, one, pod_spec, render, rendered, template,
 )
+from tests.test_prometheus_rules import promtool, runbook_anchors
 from worker.settings import Settings
 
 
@@ -447,13 +448,15 @@ def test_prometheus_rule_is_the_alerts_file() -> None:
     each selector scoped to the release's job and namespace."""
     assert (CHART / "files" / "alerts.yml").resolve() == ALERTS.resolve()
     source = yaml.safe_load(ALERTS.read_text())["groups"]
-    assert one(render(*MONITORING), "PrometheusRule")["spec"]["groups"] == yaml.safe_load(scoped(ALERTS.read_text()))["groups"]
+    groups = one(render(*MONITORING), "PrometheusRule")["spec"]["groups"]
+    assert groups[:len(source)] == yaml.safe_load(scoped(ALERTS.read_text()))["groups"]
+    assert [g["name"] for g in groups[len(source):]] == ["sentiment-worker-release"]  # the release's own (below)
     base = "https://docs.example.invalid/ops/OPERATIONS.md"
     objs = render("--set", f"prometheusRule.runbookBaseUrl={base}", "--set", "metrics.job=reviews",
                   "--set", "prometheusRule.labels.release=kube-prometheus-stack", *MONITORING)
     rule = one(objs, "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    rendered_rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    rendered_rules = [r for g in rule["spec"]["groups"][:len(source)] for r in g["rules"]]
     source_rules = [r for g in source for r in g["rules"]]
     assert [r["alert"] for r in rendered_rules] == [r["alert"] for r in source_rules]
     for got, want in zip(rendered_rules, source_rules):
@@ -505,10 +508,90 @@ def test_two_releases_rules_never_mix() -> None:
         objs = render("--set", "autoscaling.prometheus.enabled=true", *MONITORING, namespace=namespace)
         rules = [r for g in one(objs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
         exprs[namespace] = " ".join(r["expr"] for r in rules)
-        assert exprs[namespace].count('job="sentiment-worker"') == exprs[namespace].count(f'namespace="{namespace}"') > 12
+        scoped_selectors = exprs[namespace].count(f'job="sentiment-worker", namespace="{namespace}"')
+        assert exprs[namespace].count('job="sentiment-worker"') == scoped_selectors > 12
         (trigger,) = [t for t in one(objs, "ScaledObject")["spec"]["triggers"] if t["type"] == "prometheus"]
         assert f'namespace="{namespace}"' in trigger["metadata"]["query"]
-    assert 'namespace="reviews"' not in exprs["sentiment"] and 'namespace="sentiment"' not in exprs["reviews"]
+    assert '"reviews"' not in exprs["sentiment"] and '"sentiment"' not in exprs["reviews"]
+
+
+def release_rules(*args: str) -> list[dict]:
+    """The rule group that names the release's own objects (group, topic, ScaledObject)."""
+    groups = one(render(*args, *MONITORING), "PrometheusRule")["spec"]["groups"]
+    return [r for g in groups if g["name"] == "sentiment-worker-release" for r in g["rules"]]
+
+
+def test_release_rules_are_valid_promql_with_runbooks(tmp_path: Path) -> None:
+    """Broker-side lag (either exporter) and KEDA's scaler errors: `promtool check rules`, the
+    release's labels for routing, runbooks that resolve; each only where it applies."""
+    for exporter, metric in (("kafka-exporter", "kafka_consumergroup_lag{"), ("kminion", "kminion_kafka_consumer_group_topic_lag{")):
+        rules = release_rules("--set", "prometheusRule.brokerLag.enabled=true", "--set", f"prometheusRule.brokerLag.exporter={exporter}",
+                              "--set", 'prometheusRule.brokerLag.matchers=cluster="prod"')
+        path = tmp_path / f"{exporter}.yml"
+        path.write_text(yaml.safe_dump({"groups": [{"name": "release", "rules": rules}]}))
+        out = promtool("check", "rules", str(path))
+        assert out.returncode == 0 and "SUCCESS: 2 rules found" in out.stdout, out.stdout + out.stderr
+        alerts = {r["alert"]: r for r in rules}
+        lag = alerts["SentimentWorkerBrokerLag"]
+        assert metric in lag["expr"] and 'cluster="prod"' in lag["expr"]
+        assert '"sentiment-worker"' in lag["expr"] and '"sentiment-input"' in lag["expr"]  # this release's group and topic
+        assert lag["labels"] == {"severity": "warning", "namespace": "sentiment", "job": "sentiment-worker",
+                                 "group": "sentiment-worker", "topic": "sentiment-input"}
+        assert alerts["SentimentWorkerScalerErrors"]["labels"] == {"severity": "warning", "namespace": "sentiment", "job": "sentiment-worker"}
+        for rule in rules:
+            assert rule["annotations"]["runbook_url"].split("#", 1)[1] in runbook_anchors()
+    assert [r["alert"] for r in release_rules()] == ["SentimentWorkerScalerErrors"]  # autoscaling on, broker lag off
+    assert release_rules("--set", "autoscaling.enabled=false") == []
+    out = template("--skip-schema-validation", "--set", "prometheusRule.brokerLag.enabled=true",
+                   "--set", "prometheusRule.brokerLag.exporter=burrow", *MONITORING, check=False)
+    assert out.returncode != 0 and "must be kafka-exporter or kminion" in out.stderr
+
+
+def test_release_rules_fire_for_this_release_only(tmp_path: Path) -> None:
+    """`promtool test rules` on the rendered rules: broker-side lag of this release's group that
+    builds while no worker runs fires (exporter replicas and uncommitted partitions counted
+    right); a draining backlog and other groups' lag don't. KEDA's errors fire for this
+    release's ScaledObject, scraped with or without honorLabels, never for a namesake elsewhere."""
+    rules = release_rules("--set", "prometheusRule.brokerLag.enabled=true")
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "release", "rules": rules}]}))
+    alerts = {r["alert"]: r for r in rules}
+
+    def expect(alert: str, **labels: str) -> dict:
+        return {"exp_labels": {**alerts[alert]["labels"], **labels}, "exp_annotations": alerts[alert]["annotations"]}
+
+    lag = 'kafka_consumergroup_lag{{job="kafka-exporter", instance="{}", consumergroup="{}", topic="sentiment-input", partition="{}"}}'
+    errors = 'keda_scaled_object_errors_total{{namespace="{}", {}scaledObject="sw-sentiment-worker"}}'
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m", "input_series": [
+            # nothing consumes: partition 0 grows (two exporter replicas report it), 1 has no commit yet (-1)
+            {"series": lag.format("e1", "sentiment-worker", 0), "values": "0+100x40"},
+            {"series": lag.format("e2", "sentiment-worker", 0), "values": "0+100x40"},
+            {"series": lag.format("e1", "sentiment-worker", 1), "values": "-1x40"},
+            {"series": lag.format("e1", "another-group", 0), "values": "90000x40"},
+            # KEDA scraped without honorLabels: the ScaledObject's namespace is exported_namespace
+            {"series": errors.format("keda", 'exported_namespace="sentiment", '), "values": "0+2x40"},
+            {"series": errors.format("keda", 'exported_namespace="reviews", '), "values": "0x40"},
+        ], "alert_rule_test": [
+            # above 1000 from minute 11 (one copy of partition 0, nothing of partition 1): pending for 15m
+            {"alertname": "SentimentWorkerBrokerLag", "eval_time": "20m", "exp_alerts": []},
+            {"alertname": "SentimentWorkerBrokerLag", "eval_time": "30m", "exp_alerts": [expect("SentimentWorkerBrokerLag")]},
+            {"alertname": "SentimentWorkerScalerErrors", "eval_time": "20m",
+             "exp_alerts": [expect("SentimentWorkerScalerErrors", scaledObject="sw-sentiment-worker")]},
+        ]},
+        {"interval": "1m", "input_series": [
+            # a backlog being drained; KEDA running in the release's namespace, scraped with and
+            # without honorLabels: another namespace's namesake fails, this one doesn't
+            {"series": lag.format("e1", "sentiment-worker", 0), "values": "50000-1000x40"},
+            {"series": errors.format("sentiment", 'exported_namespace="reviews", '), "values": "0+2x40"},
+            {"series": errors.format("sentiment", ""), "values": "0x40"},
+        ], "alert_rule_test": [
+            {"alertname": "SentimentWorkerBrokerLag", "eval_time": "30m", "exp_alerts": []},
+            {"alertname": "SentimentWorkerScalerErrors", "eval_time": "30m", "exp_alerts": []},
+        ]},
+    ]}
+    (tmp_path / "rules.test.yml").write_text(yaml.safe_dump(tests))
+    out = promtool("test", "rules", str(tmp_path / "rules.test.yml"))
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_no_absent_alert_when_scaled_to_zero_is_normal() -> None:

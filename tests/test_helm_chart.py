@@ -143,6 +143,8 @@ def test_chart_refuses_what_can_not_work() -> None:
         (["--set", "image.digest=latest"], "/image/digest"),
         (["--set", "metrics.serviceMonitor.enabled=maybe"], "/metrics/serviceMonitor/enabled"),
         (["--set", "metrics.scrapeAnnotations=yes"], "/metrics/scrapeAnnotations"),
+        (["--set", "prometheusRule.brokerLag.exporter=burrow"], "/prometheusRule/brokerLag/exporter"),
+        (["--set", "prometheusRule.brokerLag.for=15 minutes"], "/prometheusRule/brokerLag/for"),
     ]:
         out = template(*args, check=False)
         assert out.returncode != 0 and message in out.stderr, (args, out.stderr)

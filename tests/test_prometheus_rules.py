@@ -90,6 +90,15 @@ def metric_names_in(expr: str) -> set[str]:
     return {w for w in words if w not in keywords and not w.isdigit()}
 
 
+def runbook_anchors() -> set[str]:
+    """The anchors of deploy/OPERATIONS.md's headings, as a browser finds them."""
+    return {
+        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in OPERATIONS.read_text().splitlines()
+        if line.startswith("#")
+    }
+
+
 def test_rules_pass_promtool_check() -> None:
     out = promtool("check", "rules", str(ALERTS))
     assert out.returncode == 0, out.stdout + out.stderr
@@ -113,11 +122,7 @@ def test_each_alert_is_unit_tested_and_documented() -> None:
     tests = yaml.safe_load(ALERT_TESTS.read_text())["tests"]
     fired = {case["alertname"] for t in tests for case in t["alert_rule_test"] if case["exp_alerts"]}
     assert fired == alerts, f"alerts never shown to fire in alerts.test.yml: {sorted(alerts - fired)}"
-    headings = {
-        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
-        for line in OPERATIONS.read_text().splitlines()
-        if line.startswith("#")
-    }
+    headings = runbook_anchors()
     for rule in rules:
         assert rule["labels"]["severity"] in {"critical", "warning"}
         assert "runbook" not in rule["annotations"], "the standard annotation is runbook_url"
