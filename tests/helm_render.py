@@ -48,7 +48,8 @@ MATRIX: dict[str, tuple[list[str], str]] = {
     "gpu-image-volume-mig": ([
         "--set", "accelerator=gpu", "--set", "model.source=image", "--set", "gpu.resourceName=nvidia.com/mig-1g.18gb",
         "--set", "gpu.runtimeClassName=nvidia", "--set", "gpu.nodeSelector.nvidia\\.com/gpu\\.present=true",
-        "--set", "autoscaling.maxReplicas=4", "--set", "image.digest=sha256:" + "a" * 64], K8S_NEWEST),
+        "--set", "autoscaling.maxReplicas=4", "--set", "image.digest=sha256:" + "a" * 64,
+        "--set", "autoscaling.fallback.enabled=false"], K8S_NEWEST),
     "no-autoscaling-no-networkpolicy-existing-claim": ([
         "--set", "autoscaling.enabled=false", "--set", "networkPolicy.enabled=false", "--set", "model.source=pvc",
         "--set", "model.pvc.existingClaim=models", "--set", "kafka.securityProtocol=SASL_PLAINTEXT",

@@ -70,12 +70,30 @@ def test_scaler_watches_the_workers_group_and_topic(rendered) -> None:
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= int(cfg["TOPIC_PARTITIONS"])
     # KEDA's HPA owns the replica count: a fixed one would fight it on every apply.
     assert "replicas" not in deployment["spec"]
+    # Lag unreadable: keep what runs (at least the fallback's count, within the bounds). Before
+    # 2.18 KEDA's webhook wants some trigger to say AverageValue for a fallback.
+    fallback = spec.get("fallback")
+    if fallback:
+        assert fallback["failureThreshold"] >= 1 and fallback["replicas"] <= spec["maxReplicaCount"]
+        assert kafka["metricType"] == "AverageValue"
     for trigger in spec["triggers"]:
         if trigger["type"] == "prometheus":
             assert trigger["metricType"] == "Value"
             assert "sentiment_worker_consumer_lag_seconds" in trigger["metadata"]["query"]
             assert f'topic="{cfg["INPUT_TOPIC"]}"' in trigger["metadata"]["query"]
             assert f'group="{cfg["GROUP_ID"]}"' in trigger["metadata"]["query"]
+
+
+def test_scaler_fallback() -> None:
+    """Lag unreadable for 3 polls: KEDA keeps the replicas that run, at least 2 (KEDA's fallback)."""
+    spec = one(render(), "ScaledObject")["spec"]
+    assert spec["fallback"] == {"failureThreshold": 3, "replicas": 2, "behavior": "currentReplicasIfHigher"}
+    spec = one(render("--set", "autoscaling.fallback.behavior=static", "--set", "autoscaling.fallback.replicas=4"), "ScaledObject")["spec"]
+    assert spec["fallback"] == {"failureThreshold": 3, "replicas": 4, "behavior": "static"}
+    assert "fallback" not in one(render("--set", "autoscaling.fallback.enabled=false"), "ScaledObject")["spec"]
+    # never more than maxReplicas (the HPA would cap it anyway)
+    spec = one(render("--set", "autoscaling.maxReplicas=1", "--set", "autoscaling.minReplicas=1"), "ScaledObject")["spec"]
+    assert spec["fallback"]["replicas"] == 1
 
 
 def test_lag_threshold_comes_from_the_measured_rate_and_beats_the_latency_alert() -> None:
