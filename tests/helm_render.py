@@ -38,7 +38,8 @@ MATRIX: dict[str, tuple[list[str], str]] = {
         "--set", "kafka.tls.ca=true", "--set", "staticMembership=true", "--set", "autoscaling.maxReplicas=4",
         "--set", "autoscaling.prometheus.enabled=true", "--set", "grafanaDashboard.enabled=true",
         "--set", "metrics.serviceMonitor.labels.release=kube-prometheus-stack", "--set", "model.tokenSecret=hf",
-        *MONITORING], K8S_NEWEST),
+        "--set", "prometheusRule.brokerLag.enabled=true", "--set", "prometheusRule.brokerLag.exporter=kminion",
+        "--set", 'prometheusRule.brokerLag.matchers=cluster="prod"', *MONITORING], K8S_NEWEST),
     "cpu-mtls-baked-exactly-once": ([
         "--set", "kafka.securityProtocol=SSL", "--set", "kafka.tls.ca=true", "--set", "kafka.tls.clientCert=true",
         "--set", "model.source=baked", "--set", "guarantee=exactly_once", "--set", "precision=int8",
@@ -47,7 +48,8 @@ MATRIX: dict[str, tuple[list[str], str]] = {
     "gpu-image-volume-mig": ([
         "--set", "accelerator=gpu", "--set", "model.source=image", "--set", "gpu.resourceName=nvidia.com/mig-1g.18gb",
         "--set", "gpu.runtimeClassName=nvidia", "--set", "gpu.nodeSelector.nvidia\\.com/gpu\\.present=true",
-        "--set", "autoscaling.maxReplicas=4", "--set", "image.digest=sha256:" + "a" * 64], K8S_NEWEST),
+        "--set", "autoscaling.maxReplicas=4", "--set", "image.digest=sha256:" + "a" * 64,
+        "--set", "autoscaling.fallback.enabled=false"], K8S_NEWEST),
     "no-autoscaling-no-networkpolicy-existing-claim": ([
         "--set", "autoscaling.enabled=false", "--set", "networkPolicy.enabled=false", "--set", "model.source=pvc",
         "--set", "model.pvc.existingClaim=models", "--set", "kafka.securityProtocol=SASL_PLAINTEXT",
@@ -57,7 +59,7 @@ MATRIX: dict[str, tuple[list[str], str]] = {
     "renamed-release-job-and-runbooks": ([
         "--set", "metrics.job=reviews-sentiment", "--set", "prometheusRule.runbookBaseUrl=https://docs.example.invalid/ops.md",
         "--set", "networkPolicy.kafkaTo[0].ipBlock.cidr=10.20.0.0/16", "--set", "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
-        *MONITORING], K8S_NEWEST),
+        "--set", "prometheusRule.brokerLag.enabled=true", *MONITORING], K8S_NEWEST),
     "oauthbearer": ([
         "--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.saslMechanism=OAUTHBEARER",
         "--set", "kafka.oauth.tokenEndpointUrl=https://sso.example.invalid/realms/kafka/protocol/openid-connect/token",
@@ -91,9 +93,10 @@ def _no_duplicates(loader: StrictLoader, node: yaml.MappingNode, deep: bool = Fa
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
 
 
-def template(*args: str, kube: str = K8S_OLDEST, release: str = "sw", check: bool = True) -> subprocess.CompletedProcess[str]:
+def template(*args: str, kube: str = K8S_OLDEST, release: str = "sw", namespace: str = "sentiment",
+             check: bool = True) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
-        [helm(), "template", release, str(CHART), "--namespace", "sentiment", "--kube-version", kube, *args],
+        [helm(), "template", release, str(CHART), "--namespace", namespace, "--kube-version", kube, *args],
         capture_output=True, text=True, timeout=120,
     )
     if check:
@@ -101,8 +104,9 @@ def template(*args: str, kube: str = K8S_OLDEST, release: str = "sw", check: boo
     return out
 
 
-def render(*args: str, kube: str = K8S_OLDEST, release: str = "sw") -> list[dict[str, Any]]:
-    return [doc for doc in yaml.load_all(template(*args, kube=kube, release=release).stdout, Loader=StrictLoader) if doc]
+def render(*args: str, kube: str = K8S_OLDEST, release: str = "sw", namespace: str = "sentiment") -> list[dict[str, Any]]:
+    out = template(*args, kube=kube, release=release, namespace=namespace)
+    return [doc for doc in yaml.load_all(out.stdout, Loader=StrictLoader) if doc]
 
 
 @pytest.fixture(scope="module", params=sorted(MATRIX), ids=str)

@@ -23,6 +23,7 @@ from tests.helm_render import (  # noqa: F401  (rendered is a fixture)
     ALERTS, CHART, DASHBOARD, K8S_NEWEST, MATRIX, MONITORING, NON_SETTINGS_ENV, REPO, VALUES, config, container, env_of, find,
     model_source, one, pod_spec, render, rendered, template,
 )
+from tests.test_prometheus_rules import promtool, runbook_anchors
 from worker.settings import Settings
 
 
@@ -73,11 +74,30 @@ def test_scaler_watches_the_workers_group_and_topic(rendered) -> None:
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= int(cfg["TOPIC_PARTITIONS"])
     # KEDA's HPA owns the replica count: a fixed one would fight it on every apply.
     assert "replicas" not in deployment["spec"]
+    # Lag unreadable: keep what runs (at least the fallback's count, within the bounds). Before
+    # 2.18 KEDA's webhook wants some trigger to say AverageValue for a fallback.
+    fallback = spec.get("fallback")
+    if fallback:
+        assert fallback["failureThreshold"] >= 1 and fallback["replicas"] <= spec["maxReplicaCount"]
+        assert kafka["metricType"] == "AverageValue"
     for trigger in spec["triggers"]:
         if trigger["type"] == "prometheus":
             assert trigger["metricType"] == "Value"
             assert "sentiment_worker_consumer_lag_seconds" in trigger["metadata"]["query"]
             assert f'topic="{cfg["INPUT_TOPIC"]}"' in trigger["metadata"]["query"]
+            assert f'group="{cfg["GROUP_ID"]}"' in trigger["metadata"]["query"]
+
+
+def test_scaler_fallback() -> None:
+    """Lag unreadable for 3 polls: KEDA keeps the replicas that run, at least 2 (KEDA's fallback)."""
+    spec = one(render(), "ScaledObject")["spec"]
+    assert spec["fallback"] == {"failureThreshold": 3, "replicas": 2, "behavior": "currentReplicasIfHigher"}
+    spec = one(render("--set", "autoscaling.fallback.behavior=static", "--set", "autoscaling.fallback.replicas=4"), "ScaledObject")["spec"]
+    assert spec["fallback"] == {"failureThreshold": 3, "replicas": 4, "behavior": "static"}
+    assert "fallback" not in one(render("--set", "autoscaling.fallback.enabled=false"), "ScaledObject")["spec"]
+    # never more than maxReplicas (the HPA would cap it anyway)
+    spec = one(render("--set", "autoscaling.maxReplicas=1", "--set", "autoscaling.minReplicas=1"), "ScaledObject")["spec"]
+    assert spec["fallback"]["replicas"] == 1
 
 
 def test_lag_threshold_comes_from_the_measured_rate_and_beats_the_latency_alert() -> None:
@@ -117,7 +137,11 @@ def test_probes_and_port_match_the_worker(rendered) -> None:
     budget = startup["periodSeconds"] * startup["failureThreshold"]
     accel = "gpu" if cfg["DEVICE"] == "cuda" else "cpu"
     assert budget == VALUES[accel]["startupSeconds"] + VALUES["model"]["loadSeconds"][model_source(name)]
-    assert pod["metadata"]["annotations"]["prometheus.io/port"] == cfg["WEB_PORT"]
+    annotations = pod["metadata"]["annotations"]
+    if find(objs, "ServiceMonitor"):
+        assert "prometheus.io/scrape" not in annotations  # scraped once, through the ServiceMonitor
+    else:
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == cfg["WEB_PORT"]
     service = one(objs, "Service")
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     assert service["spec"]["publishNotReadyAddresses"] is True and service["spec"]["clusterIP"] == "None"
@@ -421,6 +445,22 @@ def test_monitoring_objects_follow_the_cluster() -> None:
     assert {"ServiceMonitor", "PrometheusRule"} <= kinds
 
 
+def test_pods_are_scraped_once() -> None:
+    """prometheus.io/scrape annotations only where no ServiceMonitor is rendered (auto), or as told:
+    a Prometheus that honours both would scrape every pod twice (and double every sum)."""
+    def kinds_and_annotations(*args: str) -> tuple[bool, bool]:
+        objs = render(*args)
+        annotations = one(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        return bool(find(objs, "ServiceMonitor")), "prometheus.io/scrape" in annotations
+
+    assert kinds_and_annotations() == (False, True)
+    assert kinds_and_annotations(*MONITORING) == (True, False)
+    assert kinds_and_annotations("--set", "metrics.serviceMonitor.enabled=true") == (True, False)
+    assert kinds_and_annotations(*MONITORING, "--set", "metrics.serviceMonitor.enabled=false") == (False, True)
+    assert kinds_and_annotations(*MONITORING, "--set", "metrics.scrapeAnnotations=true") == (True, True)
+    assert kinds_and_annotations("--set", "metrics.scrapeAnnotations=false") == (False, False)
+
+
 def test_service_monitor_scrapes_the_service_as_the_rules_expect() -> None:
     for job, release in (("sentiment-worker", "sw"), ("reviews", "reviews-prod")):
         objs = render("--set", f"metrics.job={job}", *MONITORING, release=release)
@@ -433,33 +473,171 @@ def test_service_monitor_scrapes_the_service_as_the_rules_expect() -> None:
         assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == job
 
 
+def scoped(text: str, job: str = "sentiment-worker", namespace: str = "sentiment") -> str:
+    """alerts.yml's selectors as the chart renders them for a release."""
+    return text.replace('job="sentiment-worker"', f'job="{job}", namespace="{namespace}"')
+
+
 def test_prometheus_rule_is_the_alerts_file() -> None:
-    """One source of rules: the chart renders deploy/prometheus/alerts.yml, base and job substituted."""
+    """One source of rules: the chart renders deploy/prometheus/alerts.yml, base substituted,
+    each selector scoped to the release's job and namespace."""
     assert (CHART / "files" / "alerts.yml").resolve() == ALERTS.resolve()
     source = yaml.safe_load(ALERTS.read_text())["groups"]
-    assert one(render(*MONITORING), "PrometheusRule")["spec"]["groups"] == source
+    groups = one(render(*MONITORING), "PrometheusRule")["spec"]["groups"]
+    assert groups[:len(source)] == yaml.safe_load(scoped(ALERTS.read_text()))["groups"]
+    assert [g["name"] for g in groups[len(source):]] == ["sentiment-worker-release"]  # the release's own (below)
     base = "https://docs.example.invalid/ops/OPERATIONS.md"
     objs = render("--set", f"prometheusRule.runbookBaseUrl={base}", "--set", "metrics.job=reviews",
                   "--set", "prometheusRule.labels.release=kube-prometheus-stack", *MONITORING)
     rule = one(objs, "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    rendered_rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    rendered_rules = [r for g in rule["spec"]["groups"][:len(source)] for r in g["rules"]]
     source_rules = [r for g in source for r in g["rules"]]
     assert [r["alert"] for r in rendered_rules] == [r["alert"] for r in source_rules]
     for got, want in zip(rendered_rules, source_rules):
         anchor = want["annotations"]["runbook_url"].split("#", 1)[1]
         assert got["annotations"]["runbook_url"] == f"{base}#{anchor}"
-        assert got["expr"] == want["expr"].replace('job="sentiment-worker"', 'job="reviews"')
+        assert got["expr"] == scoped(want["expr"], job="reviews")
         assert {k: v for k, v in got["annotations"].items() if k != "runbook_url"} == \
             {k: v for k, v in want["annotations"].items() if k != "runbook_url"}
 
 
-def test_grafana_dashboard_configmap_is_the_dashboard() -> None:
-    assert not [c for c in find(render(), "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
-    objs = render("--set", "grafanaDashboard.enabled=true")
+def rendered_dashboard(release: str = "sw", namespace: str = "sentiment", *args: str) -> tuple[str, dict]:
+    """The dashboard ConfigMap's file name and dashboard."""
+    objs = render("--set", "grafanaDashboard.enabled=true", *args, release=release, namespace=namespace)
     (cm,) = [c for c in find(objs, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(cm["data"]["sentiment-worker.json"]) == json.loads(DASHBOARD.read_text())
+    ((name, text),) = cm["data"].items()
+    return name, json.loads(text)
+
+
+def test_grafana_dashboard_configmap_is_the_dashboard() -> None:
+    """The dashboard file, with a uid, title and file name of the release's own, its job and
+    namespace preselected: two releases' dashboards never replace each other in Grafana."""
+    assert not [c for c in find(render(), "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+    name, dashboard = rendered_dashboard("sw", "sentiment", "--set", "metrics.job=reviews")
+    source = json.loads(DASHBOARD.read_text())
+    assert name == "sentiment-sw-sentiment-worker.json"
+    assert dashboard["title"] == "Sentiment worker (sentiment/sw)"
+    assert re.fullmatch(r"[a-zA-Z0-9_-]{1,40}", dashboard["uid"]) and dashboard["uid"] != source["uid"]
+    current = {v["name"]: v.get("current") for v in dashboard["templating"]["list"]}
+    assert current["job"] == {"text": "reviews", "value": "reviews"}
+    assert current["namespace"] == {"text": "sentiment", "value": "sentiment"}
+    for doc in (dashboard, source):
+        doc.pop("uid"), doc.pop("title")
+        for variable in doc["templating"]["list"]:
+            variable.pop("current", None)
+    assert dashboard == source
+    # another release name, another namespace, or both: another uid, title and file; the same: the same
+    seen = dict((name, doc["uid"]) for name, doc in (
+        rendered_dashboard(r, ns) for r, ns in (("sw", "sentiment"), ("reviews", "sentiment"), ("sw", "reviews"), ("reviews", "reviews"))))
+    assert len(seen) == len(set(seen.values())) == 4
+    assert rendered_dashboard("sw", "sentiment")[1]["uid"] == seen["sentiment-sw-sentiment-worker.json"]
+
+
+def test_two_releases_rules_never_mix() -> None:
+    """Two releases in two namespaces, even with one job name: each one's rules select only its
+    own namespace's series (and KEDA's Prometheus trigger only its own group's lag)."""
+    exprs = {}
+    for namespace in ("sentiment", "reviews"):
+        objs = render("--set", "autoscaling.prometheus.enabled=true", *MONITORING, namespace=namespace)
+        rules = [r for g in one(objs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+        exprs[namespace] = " ".join(r["expr"] for r in rules)
+        scoped_selectors = exprs[namespace].count(f'job="sentiment-worker", namespace="{namespace}"')
+        assert exprs[namespace].count('job="sentiment-worker"') == scoped_selectors > 12
+        (trigger,) = [t for t in one(objs, "ScaledObject")["spec"]["triggers"] if t["type"] == "prometheus"]
+        assert f'namespace="{namespace}"' in trigger["metadata"]["query"]
+    assert '"reviews"' not in exprs["sentiment"] and '"sentiment"' not in exprs["reviews"]
+
+
+def release_rules(*args: str) -> list[dict]:
+    """The rule group that names the release's own objects (group, topic, ScaledObject)."""
+    groups = one(render(*args, *MONITORING), "PrometheusRule")["spec"]["groups"]
+    return [r for g in groups if g["name"] == "sentiment-worker-release" for r in g["rules"]]
+
+
+def test_release_rules_are_valid_promql_with_runbooks(tmp_path: Path) -> None:
+    """Broker-side lag (either exporter) and KEDA's scaler errors: `promtool check rules`, the
+    release's labels for routing, runbooks that resolve; each only where it applies."""
+    for exporter, metric in (("kafka-exporter", "kafka_consumergroup_lag{"), ("kminion", "kminion_kafka_consumer_group_topic_lag{")):
+        rules = release_rules("--set", "prometheusRule.brokerLag.enabled=true", "--set", f"prometheusRule.brokerLag.exporter={exporter}",
+                              "--set", 'prometheusRule.brokerLag.matchers=cluster="prod"')
+        path = tmp_path / f"{exporter}.yml"
+        path.write_text(yaml.safe_dump({"groups": [{"name": "release", "rules": rules}]}))
+        out = promtool("check", "rules", str(path))
+        assert out.returncode == 0 and "SUCCESS: 2 rules found" in out.stdout, out.stdout + out.stderr
+        alerts = {r["alert"]: r for r in rules}
+        lag = alerts["SentimentWorkerBrokerLag"]
+        assert metric in lag["expr"] and 'cluster="prod"' in lag["expr"]
+        assert '"sentiment-worker"' in lag["expr"] and '"sentiment-input"' in lag["expr"]  # this release's group and topic
+        assert lag["labels"] == {"severity": "warning", "namespace": "sentiment", "job": "sentiment-worker",
+                                 "group": "sentiment-worker", "topic": "sentiment-input"}
+        assert alerts["SentimentWorkerScalerErrors"]["labels"] == {"severity": "warning", "namespace": "sentiment", "job": "sentiment-worker"}
+        for rule in rules:
+            assert rule["annotations"]["runbook_url"].split("#", 1)[1] in runbook_anchors()
+    assert [r["alert"] for r in release_rules()] == ["SentimentWorkerScalerErrors"]  # autoscaling on, broker lag off
+    assert release_rules("--set", "autoscaling.enabled=false") == []
+    out = template("--skip-schema-validation", "--set", "prometheusRule.brokerLag.enabled=true",
+                   "--set", "prometheusRule.brokerLag.exporter=burrow", *MONITORING, check=False)
+    assert out.returncode != 0 and "must be kafka-exporter or kminion" in out.stderr
+
+
+def test_release_rules_fire_for_this_release_only(tmp_path: Path) -> None:
+    """`promtool test rules` on the rendered rules: broker-side lag of this release's group that
+    builds while no worker runs fires (exporter replicas and uncommitted partitions counted
+    right); a draining backlog and other groups' lag don't. KEDA's errors fire for this
+    release's ScaledObject, scraped with or without honorLabels, never for a namesake elsewhere."""
+    rules = release_rules("--set", "prometheusRule.brokerLag.enabled=true")
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "release", "rules": rules}]}))
+    alerts = {r["alert"]: r for r in rules}
+
+    def expect(alert: str, **labels: str) -> dict:
+        return {"exp_labels": {**alerts[alert]["labels"], **labels}, "exp_annotations": alerts[alert]["annotations"]}
+
+    lag = 'kafka_consumergroup_lag{{job="kafka-exporter", instance="{}", consumergroup="{}", topic="sentiment-input", partition="{}"}}'
+    errors = 'keda_scaled_object_errors_total{{namespace="{}", {}scaledObject="sw-sentiment-worker"}}'
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m", "input_series": [
+            # nothing consumes: partition 0 grows (two exporter replicas report it), 1 has no commit yet (-1)
+            {"series": lag.format("e1", "sentiment-worker", 0), "values": "0+100x40"},
+            {"series": lag.format("e2", "sentiment-worker", 0), "values": "0+100x40"},
+            {"series": lag.format("e1", "sentiment-worker", 1), "values": "-1x40"},
+            {"series": lag.format("e1", "another-group", 0), "values": "90000x40"},
+            # KEDA scraped without honorLabels: the ScaledObject's namespace is exported_namespace
+            {"series": errors.format("keda", 'exported_namespace="sentiment", '), "values": "0+2x40"},
+            {"series": errors.format("keda", 'exported_namespace="reviews", '), "values": "0x40"},
+        ], "alert_rule_test": [
+            # above 1000 from minute 11 (one copy of partition 0, nothing of partition 1): pending for 15m
+            {"alertname": "SentimentWorkerBrokerLag", "eval_time": "20m", "exp_alerts": []},
+            {"alertname": "SentimentWorkerBrokerLag", "eval_time": "30m", "exp_alerts": [expect("SentimentWorkerBrokerLag")]},
+            {"alertname": "SentimentWorkerScalerErrors", "eval_time": "20m",
+             "exp_alerts": [expect("SentimentWorkerScalerErrors", scaledObject="sw-sentiment-worker")]},
+        ]},
+        {"interval": "1m", "input_series": [
+            # a backlog being drained; KEDA running in the release's namespace, scraped with and
+            # without honorLabels: another namespace's namesake fails, this one doesn't
+            {"series": lag.format("e1", "sentiment-worker", 0), "values": "50000-1000x40"},
+            {"series": errors.format("sentiment", 'exported_namespace="reviews", '), "values": "0+2x40"},
+            {"series": errors.format("sentiment", ""), "values": "0x40"},
+        ], "alert_rule_test": [
+            {"alertname": "SentimentWorkerBrokerLag", "eval_time": "30m", "exp_alerts": []},
+            {"alertname": "SentimentWorkerScalerErrors", "eval_time": "30m", "exp_alerts": []},
+        ]},
+    ]}
+    (tmp_path / "rules.test.yml").write_text(yaml.safe_dump(tests))
+    out = promtool("test", "rules", str(tmp_path / "rules.test.yml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_no_absent_alert_when_scaled_to_zero_is_normal() -> None:
+    """minReplicas 0: no scrape target is the idle state, not an outage (the broker-side lag alert
+    sees a backlog nobody consumes)."""
+    def alerts(*args: str) -> set[str]:
+        return {r["alert"] for g in one(render(*args, *MONITORING), "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
+
+    assert "SentimentWorkerAbsent" in alerts()
+    assert "SentimentWorkerAbsent" not in alerts("--set", "autoscaling.minReplicas=0")
+    assert "SentimentWorkerAbsent" in alerts("--set", "autoscaling.minReplicas=0", "--set", "autoscaling.enabled=false")
 
 
 # ------------------------------------------------------------------ network policy

@@ -103,6 +103,8 @@ def test_upstream_schemas_reject_what_keda_and_the_operator_reject() -> None:
         "unknown spec field": broken(lambda o: o["spec"].update(maxReplicas=3)),
         "no scale target": broken(lambda o: o["spec"].pop("scaleTargetRef")),
         "trigger without type": broken(lambda o: trig(o).pop("type")),
+        "fallback without replicas": broken(lambda o: o["spec"]["fallback"].pop("replicas")),
+        "unknown fallback behavior": broken(lambda o: o["spec"]["fallback"].update(behavior="currentReplicasIfHigherr")),
     }.items():
         assert not scaled.is_valid(obj), f"CRD schema accepted: {case}"
     for case, (metadata, params) in {
@@ -142,6 +144,10 @@ def test_chart_refuses_what_can_not_work() -> None:
         (["--set", "settings.BATCH_MAX_SZE=8"], "invalid propertyName 'BATCH_MAX_SZE'"),
         (["--set", "image.digest=latest"], "/image/digest"),
         (["--set", "metrics.serviceMonitor.enabled=maybe"], "/metrics/serviceMonitor/enabled"),
+        (["--set", "metrics.scrapeAnnotations=yes"], "/metrics/scrapeAnnotations"),
+        (["--set", "autoscaling.fallback.behavior=higher"], "/autoscaling/fallback/behavior"),
+        (["--set", "prometheusRule.brokerLag.exporter=burrow"], "/prometheusRule/brokerLag/exporter"),
+        (["--set", "prometheusRule.brokerLag.for=15 minutes"], "/prometheusRule/brokerLag/for"),
     ]:
         out = template(*args, check=False)
         assert out.returncode != 0 and message in out.stderr, (args, out.stderr)

@@ -1,8 +1,10 @@
 """Alert rules and dashboard, checked with promtool (Debian's `prometheus` package) offline.
 
 - `promtool check rules` on deploy/prometheus/alerts.yml, `promtool test rules` on its
-  unit tests (alerts.test.yml: each alert fires on its scenario, and a healthy pair of
-  workers fires nothing);
+  unit tests (alerts.test.yml: each alert fires on its scenario, a healthy pair of
+  workers fires nothing, and of two releases only the unhealthy one is alerted on);
+- every selector names the job and every aggregation keeps namespace and job (and the
+  consumer group for lag), so releases sharing a Prometheus stay apart;
 - every PromQL query of the Grafana dashboard parses (promtool checks them as recording
   rules, Grafana's variables substituted);
 - every metric the rules and the dashboard use is one the worker exports (worker/ops/metrics.py);
@@ -51,6 +53,7 @@ def dashboard_queries(rate_interval: str = "5m") -> list[tuple[str, str]]:
                 target["expr"]
                 .replace("$__rate_interval", rate_interval)
                 .replace("$job", "sentiment-worker")
+                .replace("$namespace", ".*")
                 .replace("$instance", ".*")
             )
             out.append((panel["title"], expr))
@@ -87,6 +90,15 @@ def metric_names_in(expr: str) -> set[str]:
     return {w for w in words if w not in keywords and not w.isdigit()}
 
 
+def runbook_anchors() -> set[str]:
+    """The anchors of deploy/OPERATIONS.md's headings, as a browser finds them."""
+    return {
+        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in OPERATIONS.read_text().splitlines()
+        if line.startswith("#")
+    }
+
+
 def test_rules_pass_promtool_check() -> None:
     out = promtool("check", "rules", str(ALERTS))
     assert out.returncode == 0, out.stdout + out.stderr
@@ -110,11 +122,7 @@ def test_each_alert_is_unit_tested_and_documented() -> None:
     tests = yaml.safe_load(ALERT_TESTS.read_text())["tests"]
     fired = {case["alertname"] for t in tests for case in t["alert_rule_test"] if case["exp_alerts"]}
     assert fired == alerts, f"alerts never shown to fire in alerts.test.yml: {sorted(alerts - fired)}"
-    headings = {
-        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
-        for line in OPERATIONS.read_text().splitlines()
-        if line.startswith("#")
-    }
+    headings = runbook_anchors()
     for rule in rules:
         assert rule["labels"]["severity"] in {"critical", "warning"}
         assert "runbook" not in rule["annotations"], "the standard annotation is runbook_url"
@@ -123,6 +131,61 @@ def test_each_alert_is_unit_tested_and_documented() -> None:
         anchor = url.split("#", 1)[1]
         assert anchor in headings, f"{rule['alert']}: no heading #{anchor} in OPERATIONS.md"
     assert f"{RUNBOOK_BASE}|" in ALERTS.read_text(), "the header's sed line names the base"
+
+
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """(metric, its label matchers) for every vector selector in a PromQL expression."""
+    names = metric_names_in(expr) - FUNCTIONS
+    found = re.finditer(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\b(\{[^}]*\})?", expr)
+    return [(m[1], m[2] or "") for m in found if m[1] in names]
+
+
+def aggregations(expr: str) -> list[tuple[str, set[str]]]:
+    """(operator, its `by` labels) for every aggregation in a PromQL expression."""
+    found = re.finditer(r"\b(sum|max|min|avg|count)\s*(?:by\s*\(([^)]*)\))?\s*\(", expr)
+    return [(m[1], {label.strip() for label in (m[2] or "").split(",") if label.strip()}) for m in found]
+
+
+def test_rules_keep_releases_apart() -> None:
+    """Each selector names the job (the chart adds the namespace next to it); each aggregation
+    keeps namespace and job, and lag its consumer group and topic: every alert names the
+    deployment it is about, and one deployment's health never averages away another's trouble."""
+    for rule in (r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]):
+        expr = rule["expr"]
+        found = selectors(expr)
+        assert found, rule["alert"]
+        for metric, matchers in found:
+            assert 'job="sentiment-worker"' in matchers, f"{rule['alert']}: {metric} without the job"
+        for op, by in aggregations(expr):
+            assert {"namespace", "job"} <= by, f"{rule['alert']}: {op} by {sorted(by)} drops namespace or job"
+        if "consumer_lag" in expr:
+            assert any({"group", "topic"} <= by for _, by in aggregations(expr)), f"{rule['alert']}: lag not per group"
+    assert selectors('max by (a) (x_total{job="j", b="c"}) / y') == [("x_total", '{job="j", b="c"}'), ("y", "")]
+    assert aggregations("sum(rate(a[5m])) / max by (x, y) (b)") == [("sum", set()), ("max", {"x", "y"})]
+
+
+def test_an_unhealthy_release_is_alerted_on_alone() -> None:
+    """alerts.test.yml has scenarios with two releases side by side: two namespaces, and two
+    consumer groups in one namespace. What fires names one namespace (one group) only."""
+    tests = yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+
+    def values(label: str, test: dict) -> set[str]:
+        return {v for s in test["input_series"] for v in re.findall(rf'\b{label}="([^"]+)"', s["series"])}
+
+    def fired(test: dict) -> list[dict[str, str]]:
+        return [a["exp_labels"] for case in test["alert_rule_test"] for a in case["exp_alerts"]]
+
+    namespaces = [t for t in tests if len(values("namespace", t)) >= 2]
+    groups = [t for t in tests if len(values("namespace", t)) == 1 and len(values("group", t)) >= 2]
+    assert namespaces and groups
+    for test in namespaces:
+        alerts = fired(test)
+        assert len(alerts) >= 4 and len({a["namespace"] for a in alerts}) == 1
+        assert {"SentimentWorkerNoOutput", "SentimentWorkerLagGrowing"} <= {
+            case["alertname"] for case in test["alert_rule_test"] if case["exp_alerts"]}
+    for test in groups:
+        alerts = fired(test)
+        assert alerts and len({a["group"] for a in alerts}) == 1
 
 
 def test_rules_and_dashboard_use_exported_metrics() -> None:
@@ -163,6 +226,17 @@ def test_dashboard_covers_the_operators_questions() -> None:
     assert doc["uid"] == "sentiment-worker"
     variables = {v["name"]: v for v in doc["templating"]["list"]}
     assert variables["datasource"]["query"] == "prometheus"
+    # one release at a time: job and namespace (All where there is none, as in compose), then replicas
+    assert [v["name"] for v in doc["templating"]["list"]] == ["datasource", "job", "namespace", "instance"]
+    namespace = variables["namespace"]
+    assert namespace["query"]["query"] == 'label_values(sentiment_worker_model_info{job="$job"}, namespace)'
+    assert namespace["includeAll"] and namespace["allValue"] == ".*"
+    assert 'namespace=~"$namespace"' in variables["instance"]["query"]["query"]
+    for panel in doc["panels"]:
+        for target in panel.get("targets", []):
+            for matchers in re.findall(r"\{[^}]*\}", target["expr"]):
+                for matcher in ('job="$job"', 'namespace=~"$namespace"', 'instance=~"$instance"'):
+                    assert matcher in matchers, f"{panel['title']}: {target['expr']} lacks {matcher}"
     for panel in doc["panels"]:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}", panel["title"]

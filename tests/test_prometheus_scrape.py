@@ -162,6 +162,7 @@ async def test_prometheus_scrapes_worker_and_series_move(worker_factory, bootstr
             (rows := prometheus.query(f'sentiment_worker_consumer_lag_events{{job="sentiment-worker", topic="{topics["input_topic"]}"}}'))
             and all(float(r["value"][1]) == 0 for r in rows) and rows), 20)
         assert {r["metric"]["partition"] for r in lag} == {"0", "1", "2", "3"}
+        assert {r["metric"]["group"] for r in lag} == {topics["group_id"]}  # what the lag alerts aggregate by
 
         # The counter moved between scrapes while events flowed (it was scraped at 0 before).
         scored_series = f"sentiment_worker_events_scored_total{job}"

@@ -157,6 +157,7 @@ class WorkerService:
             StallWatchdog(settings.stall_timeout_s),
             self.ledger,
             self.app,
+            group=settings.group_id,
             input_topic=settings.input_topic,
             retrying=lambda: self.pipeline.retrying_since is not None,
         )

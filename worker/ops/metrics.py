@@ -44,16 +44,18 @@ END_TO_END_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 IN_FLIGHT = Gauge(f"{PREFIX}_in_flight_events", "Events consumed but not yet stored.", multiprocess_mode="livesum")
+# Lag carries the consumer group (GROUP_ID): alerts and the autoscaler tell deployments
+# that share a Prometheus (and a job name) apart by it.
 CONSUMER_LAG = Gauge(
     f"{PREFIX}_consumer_lag_events",
     "Records behind the partition's end (last stable offset minus the next offset not stored yet).",
-    ["topic", "partition"],
+    ["group", "topic", "partition"],
     multiprocess_mode="livemax",
 )
 CONSUMER_LAG_SECONDS = Gauge(
     f"{PREFIX}_consumer_lag_seconds",
     "Age of the oldest input record whose output is not stored yet (0 when none waits).",
-    ["topic", "partition"],
+    ["group", "topic", "partition"],
     multiprocess_mode="livemax",
 )
 REBALANCES = Counter(f"{PREFIX}_rebalances", "Partition assignments this replica received.")

@@ -1,6 +1,7 @@
 """Every few seconds: lag per partition (events and seconds), and the stall watchdog's verdict.
 
-Lag is read from the broker (``worker.ops.lag``); the verdict comes from
+Lag is read from the broker (``worker.ops.lag``) and labelled with the consumer
+group the worker was given; the verdict comes from
 ``worker.ops.watchdog``, fed with what the offset ledger says about progress.
 The broker may be away: then this tick is skipped and the probe reconnects
 on the next one. One debug line per tick (``monitor.checked``) says what
@@ -63,6 +64,7 @@ class Monitor:
         progress: Progress,
         consumer: Consumer,
         *,
+        group: str,
         input_topic: str,
         retrying: Callable[[], bool],
     ) -> None:
@@ -70,6 +72,7 @@ class Monitor:
         self._watchdog = watchdog
         self._progress = progress
         self._consumer = consumer
+        self._group = group
         self._input_topic = input_topic
         self._retrying = retrying
         self._lagging: set[TopicPartition] = set()
@@ -87,11 +90,11 @@ class Monitor:
             await self._probe.stop()
             return None
         for tp, behind in lag.behind.items():
-            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(behind)
-            metrics.CONSUMER_LAG_SECONDS.labels(tp.topic, str(tp.partition)).set(lag.age_s.get(tp, 0.0))
+            metrics.CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(behind)
+            metrics.CONSUMER_LAG_SECONDS.labels(self._group, tp.topic, str(tp.partition)).set(lag.age_s.get(tp, 0.0))
         for tp in self._lagging - set(lag.behind):
-            metrics.CONSUMER_LAG.remove(tp.topic, str(tp.partition))
-            metrics.CONSUMER_LAG_SECONDS.remove(tp.topic, str(tp.partition))
+            metrics.CONSUMER_LAG.remove(self._group, tp.topic, str(tp.partition))
+            metrics.CONSUMER_LAG_SECONDS.remove(self._group, tp.topic, str(tp.partition))
         self._lagging = set(lag.behind)
         waiting = lag.unfetched + orphaned
         oldest = progress.oldest_in_flight()

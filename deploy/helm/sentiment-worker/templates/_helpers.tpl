@@ -79,6 +79,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 {{- end }}
 
+{{/* "true" when the pods carry prometheus.io/scrape annotations (auto: only without a ServiceMonitor). */}}
+{{- define "sw.scrapeAnnotations" -}}
+{{- if eq (toString .Values.metrics.scrapeAnnotations) "auto" }}
+{{- not (eq (include "sw.monitoring" (list .Values.metrics.serviceMonitor.enabled .)) "true") }}
+{{- else }}
+{{- .Values.metrics.scrapeAnnotations }}
+{{- end }}
+{{- end }}
+
 {{- define "sw.sasl" -}}
 {{- hasPrefix "SASL_" .Values.kafka.securityProtocol }}
 {{- end }}
@@ -235,4 +244,64 @@ template:
       - name: model
         persistentVolumeClaim:
           claimName: {{ include "sw.modelClaim" . }}
+{{- end }}
+
+{{/*
+Alert rules that name this release's own objects (consumer group, input topic,
+ScaledObject), so they can't live in alerts.yml: a YAML list, empty when none applies.
+Their labels name the release's namespace and job, like those of alerts.yml.
+*/}}
+{{- define "sw.releaseRules" -}}
+{{- $rules := list }}
+{{- $labels := dict "severity" "warning" "namespace" .Release.Namespace "job" .Values.metrics.job }}
+{{- $base := .Values.prometheusRule.runbookBaseUrl }}
+{{- $b := .Values.prometheusRule.brokerLag }}
+{{- if $b.enabled }}
+{{- $group := .Values.kafka.groupId }}
+{{- $topic := .Values.kafka.inputTopic }}
+{{- $lag := "" }}
+{{- $trend := "" }}
+{{- if eq $b.exporter "kafka-exporter" }}
+{{- /* Per partition; max drops the copies of exporter replicas, clamp_min the -1 of a partition without a committed offset. */}}
+{{- $sel := printf "consumergroup=%q, topic=%q" $group $topic }}
+{{- if $b.matchers }}{{ $sel = printf "%s, %s" $sel $b.matchers }}{{ end }}
+{{- $lag = printf "sum(max by (partition) (clamp_min(kafka_consumergroup_lag{%s}, 0)))" $sel }}
+{{- $trend = printf "sum(max by (partition) (deriv(kafka_consumergroup_lag{%s}[10m])))" $sel }}
+{{- else if eq $b.exporter "kminion" }}
+{{- $sel := printf "group_id=%q, topic_name=%q" $group $topic }}
+{{- if $b.matchers }}{{ $sel = printf "%s, %s" $sel $b.matchers }}{{ end }}
+{{- $lag = printf "max(kminion_kafka_consumer_group_topic_lag{%s})" $sel }}
+{{- $trend = printf "max(deriv(kminion_kafka_consumer_group_topic_lag{%s}[10m]))" $sel }}
+{{- else }}
+{{- fail (printf "prometheusRule.brokerLag.exporter must be kafka-exporter or kminion, not %q" $b.exporter) }}
+{{- end }}
+{{- $rules = append $rules (dict
+  "alert" "SentimentWorkerBrokerLag"
+  "expr" (printf "%s > %d\nand\n%s >= 0\n" $lag (int64 $b.threshold) $trend)
+  "for" $b.for
+  "labels" (merge (dict "group" $group "topic" $topic) $labels)
+  "annotations" (dict
+    "summary" (printf "Consumer group %s stays behind on %s" $group $topic)
+    "description" (printf "For %s the group %s has been more than %d events behind on %s and not catching up, as %s reports it from the brokers: whether or not any worker runs." $b.for $group (int64 $b.threshold) $topic $b.exporter)
+    "runbook_url" (printf "%s#sentimentworkerbrokerlag" $base))) }}
+{{- end }}
+{{- if .Values.autoscaling.enabled }}
+{{- /*
+KEDA's operator counts failed polls per ScaledObject. Its `namespace` label arrives as
+exported_namespace when Prometheus scrapes the operator without honorLabels (the target's
+own namespace takes the name): either is matched, never both for one series.
+*/}}
+{{- $name := include "sw.fullname" . }}
+{{- $ns := .Release.Namespace }}
+{{- $rules = append $rules (dict
+  "alert" "SentimentWorkerScalerErrors"
+  "expr" (printf "sum by (scaledObject) (\n  rate(keda_scaled_object_errors_total{namespace=%q, exported_namespace=\"\", scaledObject=%q}[5m])\n  or\n  rate(keda_scaled_object_errors_total{exported_namespace=%q, scaledObject=%q}[5m])\n) > 0\n" $ns $name $ns $name)
+  "for" "10m"
+  "labels" $labels
+  "annotations" (dict
+    "summary" (printf "KEDA fails to read the lag for %s/%s" $ns $name)
+    "description" (printf "For 10 minutes KEDA's scalers of the ScaledObject %s/%s have failed (brokers or Prometheus unreachable, credentials refused): the replica count no longer follows the lag." $ns $name)
+    "runbook_url" (printf "%s#sentimentworkerscalererrors" $base))) }}
+{{- end }}
+{{- toYaml $rules }}
 {{- end }}
