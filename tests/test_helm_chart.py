@@ -1,7 +1,7 @@
 """The Helm chart as a package: `helm lint`, and every rendered object valid offline.
 
-helm comes from the Go module proxy (tests/upstream_schemas.py; .ci/run installs it the
-same way). `helm lint --strict` on the defaults and every example; then `helm template`
+helm and helm-docs come from the Go module proxy (tests/upstream_schemas.py; .ci/run
+installs them the same way). `helm lint --strict` on the defaults and every example; then `helm template`
 for a matrix of values (tests/helm_render.py: CPU and GPU, every model source,
 PLAINTEXT / SASL_SSL / SASL_PLAINTEXT / mutual TLS, with and without autoscaling,
 monitoring and the Prometheus trigger, the examples) on the oldest and newest
@@ -14,27 +14,33 @@ Kubernetes we claim. Every object is validated:
   with the scaler's own parameter definitions (names, required ones, enums, types);
 - no duplicate keys in any mapping.
 
-And the values: values.schema.json and the templates refuse what can't work; the
-README's values table names real values. What the rendered objects mean for the worker
-is tests/test_deploy_k8s.py.
+And the values: values.schema.json and the templates refuse what can't work. Their
+documentation: every value has a description in values.yaml, and the chart's README.md
+(its values table) is what helm-docs, in strict mode, renders from them. What the
+rendered objects mean for the worker is tests/test_deploy_k8s.py.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
+import shutil
 import subprocess
+import tarfile
 import typing
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 from pydantic import SecretStr
 
 from tests.helm_render import (  # noqa: F401  (rendered is a fixture)
-    CHART, EXAMPLES, K8S_OLDEST, MATRIX, MONITORING, REPO, VALUES, find, one, render, rendered, template,
+    CHART, EXAMPLES, K8S_OLDEST, MATRIX, MONITORING, REPO, find, one, render, rendered, template,
 )
-from tests.upstream_schemas import check_trigger_metadata, crd_kinds, crd_validator, helm
+from tests.upstream_schemas import HELM_DOCS_VERSION, check_trigger_metadata, crd_kinds, crd_validator, helm, helm_docs
 from worker.settings import Settings
 
 
@@ -178,17 +184,101 @@ def test_the_schema_lists_exactly_the_worker_settings() -> None:
 # ------------------------------------------------------------------ docs
 
 
-def test_readme_values_table_names_real_values() -> None:
+# helm-docs renders deploy/helm/sentiment-worker/README.md (its values table) from the
+# `# <path> -- description` comments of values.yaml. Strict mode refuses a value without one,
+# except the members of these objects, which are described as a whole.
+DESCRIBED_WHOLE = (
+    "model.loadSeconds", "model.fetchResources", "podSecurityContext.seccompProfile",
+    "containerSecurityContext.capabilities", "cpu.batch", "cpu.resources", "gpu.batch", "gpu.resources",
+    "gpu.tolerations", "autoscaling.behavior", "grafanaDashboard.labels",
+)
+HELM_DOCS_ARGS = [
+    "--chart-search-root", "deploy/helm", "--documentation-strict-mode", "--skip-version-footer",
+    "--sort-values-order", "file",
+    # strict mode only ignores what is described as a whole (not helm-docs' default image.* and service.type)
+    "-y", "", "-z", "^(" + "|".join(re.escape(path) for path in DESCRIBED_WHOLE) + r")\.",
+]
+HELM_DOCS_COMMAND = shlex.join([".cache/bin/helm-docs", *HELM_DOCS_ARGS])
+CHART_README = CHART / "README.md"
+
+
+def _helm_docs(cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    """The README helm-docs renders for the chart under cwd/deploy/helm, on stdout (--dry-run: nothing written).
+
+    With a value undescribed, strict mode logs "values without documentation" and renders
+    nothing, but helm-docs (v1.14.2) still exits 0: the callers check what it printed."""
+    return subprocess.run([helm_docs(), *HELM_DOCS_ARGS, "--dry-run"], cwd=cwd, capture_output=True, timeout=120)
+
+
+def test_chart_readme_is_generated_from_values() -> None:
+    out = _helm_docs(REPO)
+    log = out.stderr.decode()
+    assert "values without documentation" not in log, (
+        f"values.yaml has values without a description (strict mode):\n{log}\n"
+        f"add a '# <path> -- description' comment above each, then run {HELM_DOCS_COMMAND}")
+    assert out.returncode == 0 and "level=warning" not in log and "level=error" not in log, log
+    assert out.stdout.startswith(b"# sentiment-worker\n"), out.stdout[:200]
+    assert out.stdout == CHART_README.read_bytes(), (
+        f"{CHART_README.relative_to(REPO)} is not what values.yaml and README.md.gotmpl give: run {HELM_DOCS_COMMAND}")
+
+
+def test_docs_and_ci_use_the_helm_docs_the_tests_run() -> None:
     readme = (REPO / "deploy" / "README.md").read_text()
-    section = readme.split("### Values", 1)[1].split("\n## ", 1)[0]
-    first_cells = re.findall(r"^\| (`[^|]+) \|", section, re.M)
-    documented = [name for cell in first_cells for name in re.findall(r"`([a-zA-Z.]+)`", cell)]
-    assert len(documented) >= 30
-    for path in documented:
-        node: Any = VALUES
-        for part in path.split("."):
-            assert isinstance(node, dict) and part in node, f"README documents {path}, not in values.yaml"
-            node = node[part]
-    for key in VALUES:
-        if key not in ("nameOverride", "fullnameOverride"):
-            assert any(d == key or d.startswith(key + ".") for d in documented), f"values.yaml {key} is not in the README"
+    assert HELM_DOCS_COMMAND in readme and f"helm-docs) {HELM_DOCS_VERSION} (" in readme
+    assert f"\nHELM_DOCS_VERSION={HELM_DOCS_VERSION}\n" in (REPO / ".ci" / "run").read_text()
+
+
+def test_strict_mode_refuses_a_value_without_description(tmp_path: Path) -> None:
+    chart = tmp_path / "deploy" / "helm" / "sentiment-worker"
+    shutil.copytree(CHART, chart)
+    values = chart / "values.yaml"
+    lines = values.read_text().splitlines(keepends=True)
+    first = lines.index("  # kafka.partitions -- The input topic's partition count (`TOPIC_PARTITIONS`). Topics are\n")
+    last = lines.index("  partitions: 12\n")
+    assert all(line.lstrip().startswith("#") for line in lines[first:last])
+    values.write_text("".join(lines[:first] + lines[last:]))
+    out = _helm_docs(tmp_path)
+    assert "values without documentation: \\nkafka.partitions\"" in out.stderr.decode(), out.stderr.decode()
+    assert out.stdout == b"", "a chart with an undescribed value must not render"
+
+
+def test_descriptions_sit_above_their_values() -> None:
+    """Each `# <path> -- ...` comment block is directly above the key of that path (strict
+    mode only checks that some comment names the path), and objects described as a whole
+    are rendered whole."""
+    text = (CHART / "values.yaml").read_text()
+    key_lines: dict[int, str] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                path = f"{prefix}{key.value}"
+                key_lines.setdefault(key.start_mark.line, path)  # a flow mapping: its key, not its members
+                walk(value, path + ".")
+
+    walk(yaml.compose(text), "")
+    lines = text.splitlines()
+    described = []
+    for i, line in enumerate(lines):
+        match = re.match(r"^\s*# ([\w.]+) -- ", line)
+        if match:
+            j = i + 1
+            while lines[j].lstrip().startswith("#"):
+                j += 1
+            assert key_lines.get(j) == match[1], f"values.yaml:{i + 1}: '{match[1]}' describes line {j + 1}"
+            described.append(match[1])
+    assert len(described) == len(set(described)) >= 150
+    rows = dict(re.findall(r"^\| ([\w.\[\]]+) \| \w+ \| (.*?) \| ", CHART_README.read_text(), re.M))
+    for path in DESCRIBED_WHOLE:
+        assert path in described and rows[path].startswith("`"), f"{path}: not described and rendered as a whole"
+
+
+def test_helm_package_ships_the_readme_not_its_template(tmp_path: Path) -> None:
+    out = subprocess.run([helm(), "package", str(CHART), "-d", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (package,) = tmp_path.glob("*.tgz")
+    with tarfile.open(package) as tar:
+        names = set(tar.getnames())
+    assert {"sentiment-worker/README.md", "sentiment-worker/values.yaml"} <= names
+    assert not {n for n in names if n.endswith(".gotmpl") or "/examples/" in n}, names

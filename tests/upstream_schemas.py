@@ -14,6 +14,7 @@ parameters from the `keda:"name=..."` tags of the scalers' Go structs in the sam
   Go type.
 - `helm()`: the helm binary (.cache/bin/helm, installed with `go install` from the Go
   module proxy as .ci/run does, or helm on PATH).
+- `helm_docs()`: the helm-docs binary, the same way (.cache/bin/helm-docs, or PATH).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from tests.conftest import REPO
 
 CACHE = REPO / ".cache"
 HELM_VERSION = "v3.22.0"
+# helm-docs renders the chart's README from values.yaml (tests/test_helm_chart.py); .ci/run pins the same.
+HELM_DOCS_VERSION = "v1.14.2"
 # The newest releases on the Go module proxy when the chart was written; KEDA >= 2.16 is
 # what the chart needs (limitToPartitionsWithLag), its CRDs and scalers are checked here.
 KEDA_MODULE = ("github.com/kedacore/keda/v2", "v2.21.0")
@@ -199,13 +202,23 @@ def check_trigger_metadata(scaler: str, metadata: dict[str, str], auth_params: s
     return errors
 
 
-def helm() -> str:
-    """The helm binary: .cache/bin/helm (installed here from the Go module proxy when missing), else PATH."""
-    local = CACHE / "bin" / "helm"
-    if not local.exists() and not shutil.which("helm"):
+def _go_tool(name: str, package: str) -> str:
+    """.cache/bin/NAME (installed here with `go install PACKAGE` from the Go module proxy when missing), else PATH."""
+    local = CACHE / "bin" / name
+    if not local.exists() and not shutil.which(name):
         go = _go()
         local.parent.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run([go, "install", f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"],
+        out = subprocess.run([go, "install", package],
                              env={**os.environ, "GOBIN": str(local.parent)}, capture_output=True, text=True, timeout=1200)
-        assert out.returncode == 0, f"go install helm failed:\n{out.stderr}"
-    return str(local) if local.exists() else shutil.which("helm")
+        assert out.returncode == 0, f"go install {name} failed:\n{out.stderr}"
+    return str(local) if local.exists() else shutil.which(name)
+
+
+def helm() -> str:
+    """The helm binary: .cache/bin/helm (installed here from the Go module proxy when missing), else PATH."""
+    return _go_tool("helm", f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}")
+
+
+def helm_docs() -> str:
+    """The helm-docs binary: .cache/bin/helm-docs (installed here from the Go module proxy when missing), else PATH."""
+    return _go_tool("helm-docs", f"github.com/norwoodj/helm-docs/cmd/helm-docs@{HELM_DOCS_VERSION}")
