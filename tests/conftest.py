@@ -149,3 +149,8 @@ def base_env(tmp_path: Path) -> dict[str, str]:
         "WEB_HOST": "127.0.0.1",
         "WEB_PORT": str(free_port()),
     }
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests on a Kubernetes control plane last: CI builds its binaries while the rest runs (.ci/run)."""
+    items.sort(key=lambda item: item.get_closest_marker("kube") is not None)

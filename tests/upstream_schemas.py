@@ -55,7 +55,7 @@ CRD_FILES = {
 }
 
 
-def _go() -> str:
+def go() -> str:
     go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
     if go is None:
         _missing("Go is not installed: the upstream CRDs (and helm) come from the Go module proxy")
@@ -74,7 +74,7 @@ def module_dir(module: str, version: str) -> Path:
     """The extracted module, downloaded once into .cache/go-mod."""
     env = {**os.environ, "GOMODCACHE": str(CACHE / "go-mod"), "GOFLAGS": "-modcacherw", "GO111MODULE": "on"}
     CACHE.mkdir(exist_ok=True)
-    out = subprocess.run([_go(), "mod", "download", "-json", f"{module}@{version}"], cwd=CACHE,
+    out = subprocess.run([go(), "mod", "download", "-json", f"{module}@{version}"], cwd=CACHE,
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, f"go mod download {module}@{version} failed:\n{out.stdout}{out.stderr}"
     info = json.loads(out.stdout)
@@ -206,9 +206,8 @@ def _go_tool(name: str, package: str) -> str:
     """.cache/bin/NAME (installed here with `go install PACKAGE` from the Go module proxy when missing), else PATH."""
     local = CACHE / "bin" / name
     if not local.exists() and not shutil.which(name):
-        go = _go()
         local.parent.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run([go, "install", package],
+        out = subprocess.run([go(), "install", package],
                              env={**os.environ, "GOBIN": str(local.parent)}, capture_output=True, text=True, timeout=1200)
         assert out.returncode == 0, f"go install {name} failed:\n{out.stderr}"
     return str(local) if local.exists() else shutil.which(name)
