@@ -90,7 +90,7 @@ def test_help_shows_flag_types_choices_and_negatable_booleans(base_env: dict[str
     assert "<float>" in _help_row(text, "--kafka-timeout-s")
     assert "<path>" in _help_row(text, "--ssl-cafile")
     assert "<auto|fp32|fp16|bf16|int8>" in _help_row(text, "--precision")
-    assert "<PLAIN|SCRAM-SHA-256|SCRAM-SHA-512>" in _help_row(text, "--sasl-mechanism")
+    assert "<PLAIN|SCRAM-SHA-256|SCRAM-SHA-512|OAUTHBEARER>" in _help_row(text, "--sasl-mechanism")
     for name in ("create-topics", "include-text", "web-enabled", "torch-compile"):
         assert f"--no-{name}" in _help_row(text, f"--{name}"), f"--{name}/--no-{name} expected"
 
