@@ -8,6 +8,7 @@ libraries.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +19,10 @@ class BatchReport:
     real_tokens: int
     padded_tokens: int
     model_calls: int
+    # Wall time of the model calls, the device synchronised once at the end: the device's busy time.
+    forward_s: float = 0.0
+    # The planner's cost model after this batch (worker.model.costs), for metrics and logs.
+    costs: Optional["CostFit"] = None
 
     @property
     def padding_efficiency(self) -> float:
@@ -29,7 +34,41 @@ class BatchReport:
             self.real_tokens + other.real_tokens,
             self.padded_tokens + other.padded_tokens,
             self.model_calls + other.model_calls,
+            self.forward_s + other.forward_s,
+            other.costs or self.costs,
         )
 
 
 EMPTY_REPORT = BatchReport(0, 0, 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class CostFit:
+    """What a model call costs on this model, device and precision, in seconds:
+
+    ``call_s + padded_tokens x (token_s + width x token_position_s)``
+
+    ``source`` says where the numbers come from: ``prior`` (the built-in
+    guess), ``probe`` (the warm-up's calls) or ``fit`` (a running fit over
+    recent batches too). ``observations``: batches and probes behind it.
+    """
+
+    call_s: float
+    token_s: float
+    token_position_s: float
+    source: str
+    observations: int
+
+    @property
+    def call_overhead_tokens(self) -> float:
+        """One call's fixed cost in tokens' worth: the planner's trade between calls and padding."""
+        return self.call_s / self.token_s if self.token_s > 0 else float("inf")
+
+    @property
+    def attention_scale(self) -> float:
+        """The width at which attention costs as much per token as the rest (inf: no attention term seen)."""
+        return self.token_s / self.token_position_s if self.token_position_s > 0 else float("inf")
+
+    def seconds(self, rows: int, width: int) -> float:
+        """The predicted time of one call of ``rows`` x ``width``."""
+        return self.call_s + rows * width * (self.token_s + width * self.token_position_s)

@@ -73,6 +73,17 @@ TRANSACTIONS = Counter(
 )
 PUBLISH_ERRORS = Counter(f"{PREFIX}_publish_errors", "Failed publish attempts (retried with backoff).", ["topic"])
 FAILURES = Counter(f"{PREFIX}_pipeline_failures", "Fatal pipeline errors (the worker exits).")
+MODEL_BUSY_SECONDS = Counter(
+    f"{PREFIX}_model_busy_seconds",
+    "Time the model (the device) spent on calls, synchronised once per batch; its rate is the device's busy fraction.",
+)
+PLANNER_COST = Gauge(
+    f"{PREFIX}_planner_cost",
+    "The planner's cost model, fitted from the calls made: term=call_seconds, token_seconds, "
+    "token_position_seconds, call_overhead_tokens or attention_scale.",
+    ["term"],
+    multiprocess_mode="livemostrecent",
+)
 MODEL_LOAD_SECONDS = Gauge(
     f"{PREFIX}_model_load_seconds", "How long loading and warming up the model took at start.", multiprocess_mode="livemax"
 )

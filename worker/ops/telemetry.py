@@ -14,11 +14,30 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Optional, Protocol
 
 from worker.ops import logs, metrics
 
 log = logs.get_logger("worker.pipeline")
+
+
+class CostTerms(Protocol):
+    """The planner's fitted cost model (``worker.model.report.CostFit``)."""
+
+    @property
+    def call_s(self) -> float: ...
+
+    @property
+    def token_s(self) -> float: ...
+
+    @property
+    def token_position_s(self) -> float: ...
+
+    @property
+    def call_overhead_tokens(self) -> float: ...
+
+    @property
+    def attention_scale(self) -> float: ...
 
 
 class CallReport(Protocol):
@@ -35,6 +54,12 @@ class CallReport(Protocol):
 
     @property
     def padding_efficiency(self) -> float: ...
+
+    @property
+    def forward_s(self) -> float: ...
+
+    @property
+    def costs(self) -> Optional[CostTerms]: ...
 
 
 class BatchSummary(Protocol):
@@ -133,6 +158,9 @@ class Telemetry:
             metrics.PADDING_EFFICIENCY.set(report.padding_efficiency)
         metrics.TOKENIZE_SECONDS.observe(done.encode_s)
         metrics.INFERENCE_SECONDS.observe(done.infer_s)
+        metrics.MODEL_BUSY_SECONDS.inc(report.forward_s)
+        if report.costs is not None:
+            _set_planner_gauges(report.costs)
         metrics.PUBLISH_SECONDS.observe(done.publish_s)
         if done.truncated:
             metrics.TRUNCATED.inc(done.truncated)
@@ -208,3 +236,12 @@ class Telemetry:
         gpu = torch.device(device)
         metrics.GPU_MEMORY_BYTES.labels(str(gpu), "allocated").set(torch.cuda.memory_allocated(gpu))
         metrics.GPU_MEMORY_BYTES.labels(str(gpu), "reserved").set(torch.cuda.memory_reserved(gpu))
+
+
+def _set_planner_gauges(costs: CostTerms) -> None:
+    gauge = metrics.PLANNER_COST.labels
+    gauge("call_seconds").set(costs.call_s)
+    gauge("token_seconds").set(costs.token_s)
+    gauge("token_position_seconds").set(costs.token_position_s)
+    gauge("call_overhead_tokens").set(costs.call_overhead_tokens)
+    gauge("attention_scale").set(costs.attention_scale)
