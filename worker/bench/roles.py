@@ -1,10 +1,12 @@
-"""The benchmark's subprocesses: ``python -m worker.bench.roles ceiling|baseline|noop_worker|limit ...``.
+"""The benchmark's subprocesses: ``python -m worker.bench.roles ceiling|baseline|noop_worker|sim_worker|limit ...``.
 
 Each run scores in a process of its own, so peak RSS and CPU time are per run.
 
 - ``ceiling``: the engine alone on pre-tokenised batches: the most the model can do here;
 - ``baseline``: what a user writes first, a consumer loop around transformers' ``pipeline()``;
 - ``noop_worker``: the real worker with only the transformer's forward pass replaced by zeros;
+- ``sim_worker``: the real worker with the forward pass replaced by a simulated accelerator
+  (:class:`worker.model.simulated.SimulatedDevice`, its speed from ``SIM_*`` variables);
 - ``limit``: the same work as the no-op worker in a plain aiokafka batch loop, no Faust: what
   one process can carry here (the tokenizer is the limit), so that noop / limit is the
   worker's own overhead.
@@ -87,6 +89,9 @@ def ceiling(argv: list[str]) -> None:
     parser.add_argument("--max-batch-tokens", type=int, required=True)
     parser.add_argument("--attention", default="auto")
     parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument("--sim-ns-per-token", type=float, default=None,
+                        help="replace the forward pass by a simulated device of this speed")
+    parser.add_argument("--sim-ms-per-call", type=float, default=2.0)
     args = parser.parse_args(argv)
 
     from worker.model.engine import Encoded, SentimentEngine
@@ -97,6 +102,13 @@ def ceiling(argv: list[str]) -> None:
         args.model, device=args.device, precision=args.precision, max_batch_tokens=args.max_batch_tokens,
         max_batch_rows=args.batch_size, attention=args.attention,
     )
+    sim = None
+    if args.sim_ns_per_token is not None:
+        from worker.model.simulated import SimulatedDevice
+
+        sim = SimulatedDevice(len(engine.info.labels), ms_per_call=args.sim_ms_per_call,
+                              ns_per_token=args.sim_ns_per_token)
+        engine = engine.with_forward(sim)
     engine.warmup()
     texts = make_texts(args.workload, args.events)
     batches = [engine.encode(texts[i: i + args.batch_size]) for i in range(0, len(texts), args.batch_size)]
@@ -104,10 +116,12 @@ def ceiling(argv: list[str]) -> None:
     # The ceiling is the best the engine does: the fastest of ``passes`` passes over the
     # same batches (a pass hit by other work on the machine is not the model's limit).
     pass_seconds: list[float] = []
+    pass_busy: list[float] = []
     times: list[float] = []
     real = padded = 0
     for _ in range(max(1, args.passes)):
         times_now, real, padded = [], 0, 0
+        busy_before = sim.busy_s if sim is not None else 0.0
         t_all = time.perf_counter()
         for encoded in batches:
             t0 = time.perf_counter()
@@ -120,6 +134,7 @@ def ceiling(argv: list[str]) -> None:
 
             torch.cuda.synchronize()
         pass_seconds.append(time.perf_counter() - t_all)
+        pass_busy.append((sim.busy_s if sim is not None else 0.0) - busy_before)
         if pass_seconds[-1] == min(pass_seconds):
             times = times_now
     total = min(pass_seconds)
@@ -138,6 +153,7 @@ def ceiling(argv: list[str]) -> None:
         "single_infer_p50_ms": rounded((percentile(single, 50) or 0) * 1000),
         "single_infer_p99_ms": rounded((percentile(single, 99) or 0) * 1000),
         "padding_efficiency": round(real / padded, 4) if padded else None,
+        "device_busy": round(pass_busy[pass_seconds.index(total)] / total, 4) if sim is not None else None,
         "peak_rss_mib": self_peak_rss_mib(),
         "attention": engine.info.attention,
         "allocator": allocator,
@@ -254,6 +270,71 @@ def noop_worker(argv: list[str]) -> None:
     sys.exit(main(Settings(), engine_factory=noop_engine, child_argv=child))
 
 
+# ----------------------------------------------------------------------------- the worker, simulated device
+
+
+def sim_worker(argv: list[str]) -> None:
+    """The real worker with the forward pass replaced by a simulated accelerator.
+
+    Everything runs for real (Kafka, decoding, the tokenizer, the plan, padding, outputs,
+    publishing, commits); the forward pass is a :class:`SimulatedDevice` that sleeps as
+    long as a device of the speed in ``SIM_NS_PER_TOKEN`` / ``SIM_MS_PER_CALL`` (read only
+    here, not worker settings) would take, and returns zeros. The device's own busy
+    seconds after warm-up (and its call count) are written to
+    ``$SIM_STATS_DIR/sim-<pid>.json`` every 0.25 s and at exit, a check of the worker's
+    ``sentiment_worker_model_busy_seconds_total``.
+    """
+    import atexit
+    import threading
+
+    from worker.model.engine import SentimentEngine
+    from worker.model.simulated import SimulatedDevice
+    from worker.service import main
+    from worker.settings import Settings
+
+    stats_dir = os.environ.get("SIM_STATS_DIR")
+
+    def sim_engine(settings: Settings) -> SentimentEngine:
+        engine = SentimentEngine.from_settings(settings)
+        device = SimulatedDevice(
+            len(engine.info.labels),
+            ms_per_call=float(os.environ.get("SIM_MS_PER_CALL", "2")),
+            ns_per_token=float(os.environ.get("SIM_NS_PER_TOKEN", "30")),
+            ns_per_token_position=float(os.environ.get("SIM_NS_PER_TOKEN_POSITION", "0")),
+        )
+        engine = engine.with_forward(device)
+        warmed = [0.0, 0]  # busy seconds and calls of the warm-up, not counted
+
+        def warmup() -> None:
+            type(engine).warmup(engine)
+            with device._lock:
+                warmed[:] = [device.busy_s, device.calls]
+
+        engine.warmup = warmup  # type: ignore[method-assign]
+        if stats_dir:
+            path = Path(stats_dir) / f"sim-{os.getpid()}.json"
+
+            def write() -> None:
+                with device._lock:
+                    doc = {"busy_s": device.busy_s - warmed[0], "calls": device.calls - warmed[1]}
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(doc))
+                tmp.replace(path)
+
+            def loop() -> None:
+                while True:
+                    time.sleep(0.25)
+                    write()
+
+            Path(stats_dir).mkdir(parents=True, exist_ok=True)
+            threading.Thread(target=loop, name="sim-stats", daemon=True).start()
+            atexit.register(write)
+        return engine
+
+    child = [sys.executable, "-m", "worker.bench.roles", "sim_worker"]
+    sys.exit(main(Settings(), engine_factory=sim_engine, child_argv=child))
+
+
 # ----------------------------------------------------------------------------- the limit
 
 
@@ -356,7 +437,7 @@ def limit(argv: list[str]) -> None:
     ))
 
 
-ROLES = {"ceiling": ceiling, "baseline": baseline, "noop_worker": noop_worker, "limit": limit}
+ROLES = {"ceiling": ceiling, "baseline": baseline, "noop_worker": noop_worker, "sim_worker": sim_worker, "limit": limit}
 
 if __name__ == "__main__":
     ROLES[sys.argv[1]](sys.argv[2:])
