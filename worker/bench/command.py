@@ -14,7 +14,7 @@ import typer
 
 from worker.bench import report
 from worker.bench.harness import REPO, kafka_broker
-from worker.bench.runs import RUNS, Bench, Config, ensure_model, say
+from worker.bench.runs import DEFAULT_RUNS, RUNS, SIM_PROFILES, Bench, Config, ensure_model, say
 from worker.bench.workloads import WORKLOADS
 
 DEFAULT_CACHE = REPO / ".cache" / "bench"
@@ -30,7 +30,8 @@ def _csv(value: str, allowed: Optional[Sequence[str]], what: str) -> list[str]:
 
 
 def bench(
-    runs: str = typer.Option(",".join(RUNS), "--runs", help=f"Comma-separated runs: {', '.join(RUNS)}."),
+    runs: str = typer.Option(",".join(DEFAULT_RUNS), "--runs",
+                             help=f"Comma-separated runs: {', '.join(RUNS)} (sweep is not in the default list)."),
     workloads: str = typer.Option(",".join(WORKLOADS), "--workloads", help="Comma-separated: short, mixed, long."),
     precisions: Optional[str] = typer.Option(
         None, "--precisions", help="Precisions of the ceiling and e2e runs, first is the reference "
@@ -38,7 +39,8 @@ def bench(
     events: Optional[int] = typer.Option(None, "--events", help="Events per ceiling/e2e run (default per workload: 1024/512/128)."),
     baseline_events: Optional[int] = typer.Option(None, "--baseline-events", help="Events per baseline run (default 256/256/64)."),
     noop_events: int = typer.Option(20000, "--noop-events", help="Events of the no-op and limit runs."),
-    batch_max_size: int = typer.Option(64, "--batch-max-size", help="BATCH_MAX_SIZE of the worker and ceiling."),
+    batch_max_size: Optional[int] = typer.Option(
+        None, "--batch-max-size", help="BATCH_MAX_SIZE of the worker and ceiling (default 64; --device sim: --noop-batch-size)."),
     batch_max_wait_ms: int = typer.Option(50, "--batch-max-wait-ms", help="BATCH_MAX_WAIT_MS of the worker."),
     max_batch_tokens: int = typer.Option(16384, "--max-batch-tokens", help="MAX_BATCH_TOKENS of the worker and ceiling."),
     baseline_batch_size: int = typer.Option(32, "--baseline-batch-size", help="batch_size of the batched baseline's pipeline()."),
@@ -52,7 +54,19 @@ def bench(
     ceiling_passes: int = typer.Option(2, "--ceiling-passes", help="Passes of the ceiling run over its batches; the fastest counts."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model directory (default: a random DistilBERT, written once into the cache)."),
     model_size: str = typer.Option("base", "--model-size", help="base (full DistilBERT compute) or tiny, for the default random model."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda (the worker's DEVICE)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (the worker's DEVICE), or sim: the real worker on "
+                               "the CPU with a simulated accelerator for its forward pass (tiny model unless --model)."),
+    sim_ns_per_token: float = typer.Option(30.0, "--sim-ns-per-token", help="--device sim: the fast profile's cost per padded token."),
+    sim_ms_per_call: float = typer.Option(2.0, "--sim-ms-per-call", help="--device sim: the cost of one model call (every profile)."),
+    sim_slow_ns_per_token: float = typer.Option(10000.0, "--sim-slow-ns-per-token", help="--device sim: the slow profile's cost per padded token."),
+    sim_profiles: str = typer.Option("fast", "--sim-profiles", help="--device sim: fast (CPU-bound) and/or slow "
+                                     "(device-bound); the ceiling and e2e runs go once per profile, the others take the first."),
+    sweep_sizes: str = typer.Option("32,64,128,256,512", "--sweep-sizes", help="sweep: the fixed BATCH_MAX_SIZEs tried."),
+    sweep_waits_ms: str = typer.Option("5,20,50", "--sweep-waits-ms", help="sweep: the fixed BATCH_MAX_WAIT_MSs tried."),
+    sweep_events: Optional[int] = typer.Option(None, "--sweep-events", help="sweep: events per run (default: --events of the short workload)."),
+    latency_target_ms: Optional[int] = typer.Option(
+        None, "--latency-target-ms", help="LATENCY_TARGET_MS of the trickle run (its p99 is reported against it) and of "
+        "the sweep's adaptive run (default 500 there)."),
     bootstrap: Optional[str] = typer.Option(None, "--bootstrap", help="Use this Kafka broker instead of starting one."),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for bench.json and bench.png (default .cache/bench/results/<time>)."),
     cache: Path = typer.Option(DEFAULT_CACHE, "--cache", help="Where the bench model and scratch files live."),
@@ -67,11 +81,25 @@ def bench(
     run_list = _csv(runs, RUNS, "run")
     workload_list = _csv(workloads, WORKLOADS, "workload")
     guarantee_list = _csv(guarantees, GUARANTEES, "guarantee")
+    profile_list = _csv(sim_profiles, SIM_PROFILES, "simulated-device profile")
     try:
         partition_list = [int(p) for p in _csv(partitions, None, "partition count")]
         process_list = [int(p) for p in _csv(processes, None, "process count")]
+        size_list = [int(p) for p in _csv(sweep_sizes, None, "batch size")]
+        wait_list = [int(p) for p in _csv(sweep_waits_ms, None, "wait")]
     except ValueError:
-        raise typer.BadParameter("--partitions and --processes take numbers, e.g. 6,24,60") from None
+        raise typer.BadParameter("--partitions, --processes and --sweep-* take numbers, e.g. 6,24,60") from None
+    sim = device == "sim"
+    if sim:
+        if model is None:
+            model_size = "tiny"  # the forward pass is simulated: only the tokenizer and labels matter
+        # A simulated device is fast: e2e runs as long and as batched as the no-op run it is compared with.
+        events = events or noop_events
+        batch_max_size = batch_max_size or noop_batch_size
+        for baseline in ("naive", "batched"):
+            if baseline in run_list:
+                say(f"--device sim: no {baseline} run (transformers' pipeline() has no simulated device)")
+                run_list.remove(baseline)
     if quick:
         model_size = "tiny"
         if workloads == ",".join(WORKLOADS):
@@ -80,8 +108,11 @@ def bench(
         baseline_events = baseline_events or 32
         noop_events = min(noop_events, 500)
         trickle_seconds = min(trickle_seconds, 8.0)
+        if sim:
+            events = min(events, noop_events)
+        sweep_events = sweep_events or min(events, 500)
     if precisions is None:
-        precisions = "fp16,bf16" if device.startswith("cuda") else ("fp32" if quick else "fp32,int8")
+        precisions = "fp16,bf16" if device.startswith("cuda") else ("fp32" if quick or sim else "fp32,int8")
     precision_list = _csv(precisions, ("fp32", "fp16", "bf16", "int8"), "precision")
     cache = cache.resolve()
     cache.mkdir(parents=True, exist_ok=True)
@@ -90,6 +121,7 @@ def bench(
     out_dir = (out or cache / "results" / stamp).resolve()
     work = Path(tempfile.mkdtemp(prefix="bench-", dir=cache))
     default_events = {"short": 1024, "mixed": 512, "long": 128}
+    batch_max_size = batch_max_size or 64
     default_baseline = {"short": 256, "mixed": 256, "long": 64}
     cfg = Config(
         model=model_dir, model_size=model_size if model is None else model_dir.name, device=device,
@@ -100,7 +132,13 @@ def bench(
         max_batch_tokens=max_batch_tokens, baseline_batch_size=baseline_batch_size, noop_batch_size=noop_batch_size,
         trickle_rate=trickle_rate, trickle_seconds=trickle_seconds, partitions=partition_list,
         guarantees=guarantee_list, processes=process_list, tracing=tracing, work=work, out=out_dir, ceiling_passes=1 if quick else ceiling_passes,
+        sim_profiles=tuple(profile_list), sim_ns_per_token=sim_ns_per_token, sim_ms_per_call=sim_ms_per_call,
+        sim_slow_ns_per_token=sim_slow_ns_per_token, sweep_sizes=tuple(size_list), sweep_waits_ms=tuple(wait_list),
+        sweep_events=sweep_events or events or default_events["short"], latency_target_ms=latency_target_ms,
     )
+    if sim:
+        speeds = ", ".join(f"{p} {cfg.sim_speed(p)[0]:g} ns/token + {cfg.sim_speed(p)[1]:g} ms/call" for p in profile_list)
+        say(f"bench: simulated device: {speeds}")
     say(f"bench: model {model_dir} ({cfg.model_size}), device {device}, precisions {precision_list}, "
         f"workloads {workload_list}, runs {run_list}; results in {out_dir}")
 
@@ -125,17 +163,23 @@ def _plan(b: Bench, cfg: Config) -> list[tuple[str, Any]]:
     plan: list[tuple[str, Any]] = []
     runs = cfg.runs
     base = cfg.precisions[0]
+    profiles: tuple[Any, ...] = cfg.sim_profiles if cfg.sim else (None,)
     for w in cfg.workloads:
         for p in cfg.precisions:
-            if "ceiling" in runs:
-                plan.append((f"ceiling {w} {p}", lambda w=w, p=p: b.ceiling(w, p)))
-            if "e2e" in runs:
-                plan.append((f"e2e {w} {p}", lambda w=w, p=p: b.e2e(w, p)))
+            for prof in profiles:
+                tag = f" sim {prof}" if prof else ""
+                if "ceiling" in runs:
+                    plan.append((f"ceiling {w} {p}{tag}", lambda w=w, p=p, prof=prof: b.ceiling(w, p, prof)))
+                if "e2e" in runs:
+                    plan.append((f"e2e {w} {p}{tag}", lambda w=w, p=p, prof=prof: b.e2e(w, p, profile=prof)))
         for mode in ("naive", "batched"):
             if mode in runs:
                 plan.append((f"{mode} {w}", lambda w=w, mode=mode: b.baseline(w, mode)))
         if w == "short" and "trickle" in runs:
             plan.append(("trickle short", lambda: b.trickle(base)))
+        if w == cfg.workloads[0] and "sweep" in runs:
+            grid = f"{len(cfg.sweep_sizes)} sizes x {len(cfg.sweep_waits_ms)} waits + adaptive"
+            plan.append((f"sweep {w} ({grid})", lambda w=w: b.sweep(base, w)))
     for count in cfg.partitions:
         for g in cfg.guarantees:
             for n in cfg.processes:

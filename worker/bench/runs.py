@@ -9,7 +9,16 @@
                  guarantee and partition count asked for);
 * ``limit``    - the no-op worker's work in a plain aiokafka loop, no Faust (per partition count);
 * ``trickle``  - the real worker fed a few events per second: latency at low load;
+* ``sweep``    - (not in the default list) the worker at saturation over a grid of fixed
+                 batch sizes x waits, then once adapting to ``LATENCY_TARGET_MS``;
 * ``soak``     - (``--soak-minutes``) the worker at full load, its RSS sampled.
+
+With ``--device sim`` the worker runs (e2e, trickle, sweep, soak) start the ``sim_worker``
+role: the real worker whose forward pass is a simulated accelerator
+(:class:`worker.model.simulated.SimulatedDevice`), and the ceiling times the engine with
+the same simulated forward. Profiles: ``fast`` (``--sim-ns-per-token``, default 30 ns,
+and ``--sim-ms-per-call``, default 2 ms: the worker's CPU path is the limit) and ``slow``
+(``--sim-slow-ns-per-token``, default 10 µs: the device is the limit).
 """
 
 from __future__ import annotations
@@ -30,7 +39,9 @@ from worker.bench.roles import percentile
 from worker.bench.workloads import make_texts
 
 REPO = Path(__file__).resolve().parents[2]
-RUNS = ("ceiling", "e2e", "naive", "batched", "noop", "limit", "trickle")
+RUNS = ("ceiling", "e2e", "naive", "batched", "noop", "limit", "trickle", "sweep")
+DEFAULT_RUNS = ("ceiling", "e2e", "naive", "batched", "noop", "limit", "trickle")
+SIM_PROFILES = ("fast", "slow")
 
 
 def say(message: str) -> None:
@@ -38,7 +49,7 @@ def say(message: str) -> None:
 
 
 def child_env(**extra: Any) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "LATENCY_TARGET_MS", "SIM_"))}
     env.setdefault("PYTHONPATH", str(REPO))
     env["TOKENIZERS_PARALLELISM"] = env.get("TOKENIZERS_PARALLELISM", "false")
     env.update({k.upper(): str(v) for k, v in extra.items() if v is not None})
@@ -80,6 +91,31 @@ class Config:
     out: Path
     ceiling_passes: int = 2
     tracing: bool = False  # also a noop run with TRACING=true (spans made, then dropped)
+    # --device sim: the simulated accelerator's speed per profile (fast: CPU-bound, slow: device-bound)
+    sim_profiles: tuple[str, ...] = ("fast",)
+    sim_ns_per_token: float = 30.0
+    sim_ms_per_call: float = 2.0
+    sim_slow_ns_per_token: float = 10000.0
+    # the sweep run: fixed BATCH_MAX_SIZE x BATCH_MAX_WAIT_MS at saturation, then LATENCY_TARGET_MS
+    sweep_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    sweep_waits_ms: tuple[int, ...] = (5, 20, 50)
+    sweep_events: int = 5000
+    latency_target_ms: Optional[int] = None  # given: passed to the trickle run (and the sweep's adaptive run)
+    sweep_latency_target_ms: int = 500  # the sweep's adaptive run when latency_target_ms is not given
+
+    @property
+    def sim(self) -> bool:
+        return self.device == "sim"
+
+    @property
+    def worker_device(self) -> str:
+        """The worker's DEVICE: the simulated device's tensors live on the CPU."""
+        return "cpu" if self.sim else self.device
+
+    def sim_speed(self, profile: str) -> tuple[float, float]:
+        """(ns per token, ms per call) of a simulated-device profile."""
+        ns = self.sim_slow_ns_per_token if profile == "slow" else self.sim_ns_per_token
+        return ns, self.sim_ms_per_call
 
     def as_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in ("work", "out")}
@@ -89,6 +125,34 @@ def _padding_from_metrics(m: dict[str, float]) -> Optional[float]:
     real = m.get('sentiment_worker_tokens_total{kind="real"}')
     padded = m.get('sentiment_worker_tokens_total{kind="padded"}')
     return round(real / padded, 4) if real and padded else None
+
+
+def _planner_costs_from_metrics(m: dict[str, float]) -> Optional[dict[str, float]]:
+    """The ``sentiment_worker_planner_cost{term=...}`` gauges (the planner's fitted cost model), when present."""
+    import re
+
+    costs = {}
+    for key, value in m.items():
+        if key.startswith("sentiment_worker_planner_cost{"):
+            term = re.search(r'term="([^"]+)"', key)
+            if term:
+                costs[term.group(1)] = value
+    return costs or None
+
+
+def _read_sim_stats(directory: Path) -> Optional[dict[str, float]]:
+    """The simulated devices' own busy seconds and calls (``sim_worker`` writes them per process)."""
+    busy = calls = 0.0
+    found = False
+    for path in directory.glob("sim-*.json"):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        busy += doc.get("busy_s", 0.0)
+        calls += doc.get("calls", 0)
+        found = True
+    return {"busy_s": busy, "calls": calls} if found else None
 
 
 def _infer_mean_from_metrics(m: dict[str, float]) -> Optional[float]:
@@ -165,17 +229,19 @@ class Bench:
 
     # -- ceiling ---------------------------------------------------------------------
 
-    def ceiling(self, workload: str, precision: str) -> dict[str, Any]:
+    def ceiling(self, workload: str, precision: str, profile: Optional[str] = None) -> dict[str, Any]:
         import subprocess
 
         n = self.cfg.events[workload]
         cmd = [
             sys.executable, "-m", "worker.bench.roles", "ceiling", "--model", str(self.cfg.model), "--workload", workload,
-            "--events", str(n), "--precision", precision, "--device", self.cfg.device,
+            "--events", str(n), "--precision", precision, "--device", self.cfg.worker_device,
             "--batch-size", str(self.cfg.batch_max_size), "--max-batch-tokens", str(self.cfg.max_batch_tokens),
             "--passes", str(self.cfg.ceiling_passes),
         ]
-        row = {"run": "ceiling", "workload": workload, "precision": precision, "events": n}
+        row = {"run": "ceiling", "workload": workload, "precision": precision, "events": n, **self._sim_fields(profile)}
+        if self.cfg.sim:
+            cmd += ["--sim-ns-per-token", str(row["sim_ns_per_token"]), "--sim-ms-per-call", str(row["sim_ms_per_call"])]
         result = subprocess.run(cmd, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=3600)
         if result.returncode != 0:
             row["error"] = result.stderr[-2000:]
@@ -188,27 +254,83 @@ class Bench:
 
     def _start_worker(self, label: str, topic_in: str, topic_out: str, group: str, *, precision: str, noop: bool,
                       batch_max_size: int, partitions: int, guarantee: str = "at_least_once",
-                      processes: int = 1, tracing: bool = False) -> WorkerProcess:
+                      processes: int = 1, tracing: bool = False, batch_max_wait_ms: Optional[int] = None,
+                      latency_target_ms: Optional[int] = None, profile: Optional[str] = None) -> WorkerProcess:
+        """The worker (``-m worker run``), or the bench's no-op or simulated-device worker role."""
+        sim = self.cfg.sim and not noop
+        sim_env: dict[str, Any] = {}
+        if sim:
+            ns, ms = self.cfg.sim_speed(profile or self.cfg.sim_profiles[0])
+            sim_env = {"SIM_NS_PER_TOKEN": ns, "SIM_MS_PER_CALL": ms, "SIM_STATS_DIR": self._sim_dir(group)}
         env = child_env(
             KAFKA_BOOTSTRAP_SERVERS=self.bootstrap, INPUT_TOPIC=topic_in, OUTPUT_TOPIC=topic_out, GROUP_ID=group,
-            MODEL=str(self.cfg.model), DEVICE=self.cfg.device, PRECISION=precision, BATCH_MAX_SIZE=batch_max_size,
-            BATCH_MAX_WAIT_MS=self.cfg.batch_max_wait_ms, MAX_BATCH_TOKENS=self.cfg.max_batch_tokens,
+            MODEL=str(self.cfg.model), DEVICE=self.cfg.worker_device, PRECISION=precision, BATCH_MAX_SIZE=batch_max_size,
+            BATCH_MAX_WAIT_MS=self.cfg.batch_max_wait_ms if batch_max_wait_ms is None else batch_max_wait_ms,
+            LATENCY_TARGET_MS=latency_target_ms, MAX_BATCH_TOKENS=self.cfg.max_batch_tokens, **sim_env,
             PROCESSING_GUARANTEE=guarantee, WORKER_PROCESSES=processes, WEB_PORT=free_port(), WEB_HOST="127.0.0.1", LOG_FORMAT="json",
             LOG_LEVEL="info", STATS_INTERVAL_S=5, TOPIC_PARTITIONS=partitions, DATA_DIR=self.cfg.work / f"data-{group}",
             TRACING=str(tracing).lower(), OTEL_TRACES_EXPORTER="none" if tracing else None,
         )
-        module = ["-m", "worker.bench.roles", "noop_worker"] if noop else ["-m", "worker", "run"]
+        if noop:
+            module = ["-m", "worker.bench.roles", "noop_worker"]
+        elif sim:
+            module = ["-m", "worker.bench.roles", "sim_worker"]
+        else:
+            module = ["-m", "worker", "run"]
         return WorkerProcess([sys.executable, *module], env, log_path=self.cfg.work / f"worker-{label}-{group}.log")
 
+    def _sim_dir(self, group: str) -> Path:
+        return self.cfg.work / f"sim-{group}"
+
+    def _sim_fields(self, profile: Optional[str]) -> dict[str, Any]:
+        if not self.cfg.sim:
+            return {}
+        profile = profile or self.cfg.sim_profiles[0]
+        ns, ms = self.cfg.sim_speed(profile)
+        return {"device": "sim", "sim_profile": profile, "sim_ns_per_token": ns, "sim_ms_per_call": ms}
+
+    def _device_figures(self, row: dict[str, Any], metrics: dict[str, float], group: str, processes: int = 1,
+                        busy_before: float = 0.0, sim_before: float = 0.0) -> None:
+        """device_busy (Δ model busy seconds / the run's seconds, per process) and the planner's costs."""
+        seconds = row.get("seconds")
+        busy = metrics.get("sentiment_worker_model_busy_seconds_total")
+        row["model_busy_s"] = None if busy is None else round(busy - busy_before, 3)
+        row["planner_cost"] = _planner_costs_from_metrics(metrics)
+        stats = None
+        if self.cfg.sim:
+            time.sleep(0.35)  # sim_worker writes its device's figures every 0.25 s; the device is idle by now
+            stats = _read_sim_stats(self._sim_dir(group))
+        sim_busy = None if stats is None else stats["busy_s"] - sim_before
+        row["sim_device_busy"] = round(sim_busy / seconds / processes, 4) if sim_busy is not None and seconds else None
+        row["sim_calls"] = None if stats is None else int(stats["calls"])
+        if row["model_busy_s"] and seconds:
+            row["device_busy"] = round(row["model_busy_s"] / seconds / processes, 4)
+            row["device_busy_source"] = "sentiment_worker_model_busy_seconds_total"
+        elif row["sim_device_busy"] is not None:
+            # The engine does not report its busy time (yet): the simulated device's own count.
+            row["device_busy"] = row["sim_device_busy"]
+            row["device_busy_source"] = "simulated device"
+        else:
+            row["device_busy"] = None
+
     def e2e(self, workload: str, precision: str, *, noop: bool = False, partitions: Optional[int] = None,
-            guarantee: str = "at_least_once", processes: int = 1, tracing: bool = False) -> dict[str, Any]:
-        run = "noop" if noop else "e2e"
-        n = self.cfg.noop_events if noop else self.cfg.events[workload]
-        batch = self.cfg.noop_batch_size if noop else self.cfg.batch_max_size
+            guarantee: str = "at_least_once", processes: int = 1, tracing: bool = False, profile: Optional[str] = None,
+            run: Optional[str] = None, events: Optional[int] = None, batch_max_size: Optional[int] = None,
+            batch_max_wait_ms: Optional[int] = None, latency_target_ms: Optional[int] = None,
+            extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        run = run or ("noop" if noop else "e2e")
+        n = events or (self.cfg.noop_events if noop else self.cfg.events[workload])
+        batch = batch_max_size or (self.cfg.noop_batch_size if noop else self.cfg.batch_max_size)
         count = partitions or self.cfg.partitions[0]
         row: dict[str, Any] = {"run": run, "workload": workload, "precision": None if noop else precision, "events": n,
                                "batch_max_size": batch, "partitions": count, "guarantee": guarantee,
-                               "processes": processes, "tracing": tracing}
+                               "processes": processes, "tracing": tracing, **(extra or {})}
+        if not noop:
+            row.update(self._sim_fields(profile))
+        if batch_max_wait_ms is not None:
+            row["batch_max_wait_ms"] = batch_max_wait_ms
+        if latency_target_ms is not None:
+            row["latency_target_ms"] = latency_target_ms
         # Comparing process counts, the input arrives once every process holds partitions: with
         # pre-loaded input the first process would drain it before the others joined.
         live = max(self.cfg.processes) > 1
@@ -221,10 +343,17 @@ class Bench:
             topic_in, topic_out, group = self._preload(workload, n, count)
         worker = self._start_worker(run, topic_in, topic_out, group, precision=precision, noop=noop,
                                     batch_max_size=batch, partitions=count, guarantee=guarantee, processes=processes,
-                                    tracing=tracing)
+                                    tracing=tracing, batch_max_wait_ms=batch_max_wait_ms,
+                                    latency_target_ms=latency_target_ms, profile=profile)
         try:
             worker.wait_ready()
             cpu_before = worker.cpu_seconds() or 0.0
+            # With pre-loaded input the work starts at the assignment, before /ready: count from zero.
+            busy_before = sim_before = 0.0
+            if live:
+                busy_before = worker.metrics().get("sentiment_worker_model_busy_seconds_total", 0.0)
+                stats = _read_sim_stats(self._sim_dir(group)) if self.cfg.sim else None
+                sim_before = stats["busy_s"] if stats else 0.0
             start = time.time()
             if live:
                 asyncio.run(produce_texts(self.bootstrap, topic_in, make_texts(workload, n), prefix=workload))
@@ -239,11 +368,32 @@ class Bench:
             row["peak_rss_mib"] = worker.peak_rss_mib()
             mean_infer = _infer_mean_from_metrics(metrics)
             row["mean_batch_infer_ms"] = round(mean_infer * 1000, 1) if mean_infer else None
+            if not noop:
+                self._device_figures(row, metrics, group, processes, busy_before, sim_before)
         except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
             row["error"] = f"{exc}"[-2000:]
         finally:
             worker.stop()
         return self._record(row)
+
+    # -- the sweep -----------------------------------------------------------------------
+
+    def sweep(self, precision: str, workload: str = "short") -> list[dict[str, Any]]:
+        """At saturation (input pre-loaded): each fixed BATCH_MAX_SIZE x BATCH_MAX_WAIT_MS of the grid,
+        then the worker adapting to LATENCY_TARGET_MS within the grid's largest size and wait."""
+        sizes, waits = self.cfg.sweep_sizes, self.cfg.sweep_waits_ms
+        n = self.cfg.sweep_events
+        rows = []
+        for size in sizes:
+            for wait in waits:
+                say(f"  sweep: BATCH_MAX_SIZE {size}, BATCH_MAX_WAIT_MS {wait}")
+                rows.append(self.e2e(workload, precision, run="sweep", events=n, batch_max_size=size,
+                                     batch_max_wait_ms=wait, extra={"mode": "fixed"}))
+        target = self.cfg.latency_target_ms or self.cfg.sweep_latency_target_ms
+        say(f"  sweep: LATENCY_TARGET_MS {target} (BATCH_MAX_SIZE {max(sizes)}, BATCH_MAX_WAIT_MS {max(waits)})")
+        rows.append(self.e2e(workload, precision, run="sweep", events=n, batch_max_size=max(sizes),
+                             batch_max_wait_ms=max(waits), latency_target_ms=target, extra={"mode": "adaptive"}))
+        return rows
 
     def limit(self, partitions: int) -> dict[str, Any]:
         """The plain aiokafka batch loop (``worker.bench.roles.limit``) over the no-op run's input."""
@@ -293,11 +443,13 @@ class Bench:
         count = self.cfg.partitions[0]
         row: dict[str, Any] = {"run": "trickle", "workload": "short", "precision": precision, "events": n,
                                "events_per_s": None,  # the input rate decides it: a latency run
-                               "rate_per_s": rate, "batch_max_wait_ms": self.cfg.batch_max_wait_ms}
+                               "rate_per_s": rate, "batch_max_wait_ms": self.cfg.batch_max_wait_ms,
+                               "latency_target_ms": self.cfg.latency_target_ms, **self._sim_fields(None)}
         topic_in, topic_out, group = self._topics("trickle")
         asyncio.run(create_topics(self.bootstrap, [topic_in, topic_out, f"{topic_in}-dlt"], count, log_append=[topic_out]))
         worker = self._start_worker("trickle", topic_in, topic_out, group, precision=precision, noop=False,
-                                    batch_max_size=self.cfg.batch_max_size, partitions=count)
+                                    batch_max_size=self.cfg.batch_max_size, partitions=count,
+                                    latency_target_ms=self.cfg.latency_target_ms)
         texts = make_texts("short", n, seed=7)
         try:
             worker.wait_ready()
@@ -362,7 +514,8 @@ class Bench:
 
     def soak(self, minutes: float, precision: str, warmup_fraction: float = 0.2) -> dict[str, Any]:
         """Full load for ``minutes``: the input is kept topped up; the worker's RSS is sampled every 5 s."""
-        row: dict[str, Any] = {"run": "soak", "workload": "short", "precision": precision, "minutes": minutes}
+        row: dict[str, Any] = {"run": "soak", "workload": "short", "precision": precision, "minutes": minutes,
+                               **self._sim_fields(None)}
         topic_in, topic_out, group = self._topics("soak")
         count = self.cfg.partitions[0]
         asyncio.run(create_topics(self.bootstrap, [topic_in, topic_out, f"{topic_in}-dlt"], count, log_append=[topic_out]))
