@@ -25,6 +25,12 @@ TARGETS = {
     "noop_vs_limit": 0.8,
     "noop_cpu_us_per_event_max": 80.0,
     "soak_rss_growth_max": 0.05,
+    # --device sim: a fast device (CPU-bound) must not slow the worker below its no-op run;
+    # a slow one (device-bound) must be kept busy, on well-packed calls.
+    "sim_fast_e2e_vs_noop": 0.9,
+    "sim_slow_device_busy": 0.95,
+    "sim_slow_padding_efficiency": 0.9,
+    "sweep_adaptive_vs_best_fixed": 0.95,
 }
 DRAIN_SECONDS = 30.0  # the scale-out target of the KEDA hint (deploy/OPERATIONS.md, "Autoscaling")
 
@@ -51,8 +57,15 @@ def _ratio(a: Optional[Row], b: Optional[Row]) -> Optional[float]:
     return None
 
 
+def sweep_rows(results: Sequence[Row]) -> tuple[list[Row], Optional[Row]]:
+    """The sweep's fixed runs (with a throughput) and its adaptive run."""
+    fixed = [r for r in results if r["run"] == "sweep" and r.get("mode") == "fixed" and r.get("events_per_s")]
+    return fixed, find(results, "sweep", mode="adaptive")
+
+
 def fastest(results: Sequence[Row], workload: str) -> Optional[str]:
-    rows = [r for r in results if r["run"] == "e2e" and r["workload"] == workload and r.get("events_per_s")]
+    rows = [r for r in results if r["run"] == "e2e" and r["workload"] == workload and r.get("events_per_s")
+            and r.get("sim_profile") in (None, "fast")]
     return max(rows, key=lambda r: r["events_per_s"])["precision"] if rows else None
 
 
@@ -72,6 +85,20 @@ def ratios(results: Sequence[Row], precisions: Sequence[str]) -> dict[str, Any]:
     if traced:
         out["noop_traced_vs_untraced"] = _ratio(traced, find(results, "noop", partitions=traced.get("partitions"),
                                                              guarantee="at_least_once", processes=1, tracing=False))
+    for row in results:
+        if row["run"] == "e2e" and row.get("sim_profile") and row.get("events_per_s"):
+            prof, w = row["sim_profile"], row["workload"]
+            noop = find(results, "noop", guarantee="at_least_once", processes=1, tracing=False,
+                        partitions=row.get("partitions"))
+            out.setdefault(f"sim_{prof}_e2e_vs_noop_{w}", _ratio(row, noop))
+            out.setdefault(f"sim_{prof}_e2e_vs_ceiling_{w}",
+                           _ratio(row, find(results, "ceiling", w, row.get("precision"), sim_profile=prof)))
+            out.setdefault(f"sim_{prof}_device_busy_{w}", row.get("device_busy"))
+    fixed, adaptive = sweep_rows(results)
+    if fixed:
+        best_fixed = max(fixed, key=lambda r: r["events_per_s"])
+        out["sweep_best_fixed"] = f"{best_fixed['batch_max_size']}x{best_fixed['batch_max_wait_ms']}ms"
+        out["sweep_adaptive_vs_best_fixed"] = _ratio(adaptive, best_fixed)
     best = fastest(results, "short")
     out["e2e_fastest_vs_naive_short"] = _ratio(find(results, "e2e", "short", best), find(results, "naive", "short")) if best else None
     out["fastest_precision_short"] = best
@@ -112,6 +139,19 @@ def targets(results: Sequence[Row], precisions: Sequence[str]) -> list[dict[str,
     if trickle and trickle.get("latency_bound_ms"):
         add("trickle p99 latency ms (bound = wait + mean batch inference + 50 ms)", trickle["p99_ms"],
             trickle["latency_bound_ms"], False)
+    if trickle and trickle.get("latency_target_ms"):
+        add("trickle p99 latency ms <= LATENCY_TARGET_MS", trickle["p99_ms"], trickle["latency_target_ms"], False)
+    for w in WORKLOADS:
+        if f"sim_fast_e2e_vs_noop_{w}" in r:
+            add(f"sim fast: e2e / no-op worker, {w}", r[f"sim_fast_e2e_vs_noop_{w}"], TARGETS["sim_fast_e2e_vs_noop"])
+        slow = find(results, "e2e", w, sim_profile="slow")
+        if slow:
+            add(f"sim slow: device busy (e2e {w})", slow.get("device_busy"), TARGETS["sim_slow_device_busy"])
+            add(f"sim slow: padding efficiency (e2e {w})", slow.get("padding_efficiency"),
+                TARGETS["sim_slow_padding_efficiency"])
+    if "sweep_adaptive_vs_best_fixed" in r:
+        add(f"sweep: adaptive / best fixed ({r.get('sweep_best_fixed')})", r["sweep_adaptive_vs_best_fixed"],
+            TARGETS["sweep_adaptive_vs_best_fixed"])
     if soak:
         add("soak RSS growth after warm-up", soak["rss_growth"], TARGETS["soak_rss_growth_max"], False)
     return checks
@@ -161,7 +201,7 @@ def format_table(report: dict[str, Any]) -> str:
 
     short_guarantee = {"at_least_once": "alo", "exactly_once": "eos"}
     for row in report["results"]:
-        if row["run"] == "soak":
+        if row["run"] in ("soak", "sweep"):  # below the table
             continue
         lines.append(
             f"{row['run']:<8} {row['workload']:<8} {row.get('precision') or '-':<5} "
@@ -172,6 +212,31 @@ def format_table(report: dict[str, Any]) -> str:
             f"{fmt(row.get('peak_rss_mib'), ',.0f'):>8} {fmt(row.get('cpu_us_per_event'), ',.1f'):>9}"
             + ("  ERROR" if row.get("error") else "")
         )
+    for row in report["results"]:
+        if row.get("sim_profile") and row["run"] in ("ceiling", "e2e") and not row.get("error"):
+            costs = row.get("planner_cost")
+            fitted = ", ".join(f"{k}={v:.4g}" for k, v in costs.items()) if costs else "not reported"
+            lines.append(
+                f"sim {row['sim_profile']} ({row['sim_ns_per_token']:g} ns/token + {row['sim_ms_per_call']:g} ms/call) "
+                f"{row['run']} {row['workload']}: {fmt(row.get('events_per_s'), ',.1f')} ev/s, device busy "
+                f"{fmt(row.get('device_busy'), '.3f')}" + (f" ({row['device_busy_source']})" if row.get("device_busy_source") else "")
+                + f", padding eff {fmt(row.get('padding_efficiency'), '.3f')}"
+                + (f", calls {row['sim_calls']}" if row.get("sim_calls") else "")
+                + ("" if row["run"] == "ceiling" else f"; planner: {fitted}")
+            )
+    fixed, adaptive = sweep_rows(report["results"])
+    if fixed or adaptive:
+        waits = sorted({r["batch_max_wait_ms"] for r in fixed})
+        lines.append("sweep (ev/s at saturation), BATCH_MAX_SIZE x BATCH_MAX_WAIT_MS: "
+                     + "  ".join(f"{w} ms" for w in waits))
+        for size in sorted({r["batch_max_size"] for r in fixed}):
+            cells = [next((r for r in fixed if r["batch_max_size"] == size and r["batch_max_wait_ms"] == w), None)
+                     for w in waits]
+            lines.append(f"  {size:>5}: " + "  ".join(f"{fmt(c and c.get('events_per_s'), ',.1f'):>10}" for c in cells))
+        if adaptive:
+            lines.append(f"  adaptive (LATENCY_TARGET_MS {adaptive.get('latency_target_ms')}, up to "
+                         f"{adaptive.get('batch_max_size')} x {adaptive.get('batch_max_wait_ms')} ms): "
+                         f"{fmt(adaptive.get('events_per_s'), ',.1f')} ev/s")
     for row in report["results"]:
         if row["run"] == "soak":
             lines.append(
@@ -199,11 +264,12 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [row for row in report["results"] if row.get("events_per_s") and row["run"] not in ("soak", "trickle")]
+    rows = [row for row in report["results"] if row.get("events_per_s") and row["run"] not in ("soak", "trickle", "sweep")]
     workloads = [w for w in WORKLOADS if any(row["workload"] == w for row in rows)]
 
     def key(row: Row) -> str:
         label = row["run"] + (f" {row['precision']}" if row["run"] in ("ceiling", "e2e") else "")
+        label += f" sim {row['sim_profile']}" if row.get("sim_profile") else ""
         if row["run"] in ("noop", "limit"):
             label += f" {row.get('partitions')}p" + (" eos" if row.get("guarantee") == "exactly_once" else "")
             label += f" x{row['processes']}" if (row.get("processes") or 1) > 1 else ""
