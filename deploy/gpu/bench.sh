@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # GPU benchmark: the engine ceiling (fp16 and bf16, short and mixed workloads) and, where
-# Kafka can run, the framework-overhead (no-op model) run. Prints a short table last.
+# Kafka can run, the framework-overhead (no-op model) run and, beside it, the worker with a
+# simulated device (bench --device sim: fast and slow profiles). Prints a short table last.
 #
 # Needs only Python 3.10+ with torch (CUDA build) and transformers for the ceiling; the
 # overhead run also needs this project's dependencies (faust-streaming, aiokafka, ...),
 # Java 17+ and the Kafka jars in .cache/kafka (or Maven to fetch them), and is skipped
-# with a note when any is missing. Budget: under 5 minutes on one H200.
+# with a note when any is missing. Budget: under 7 minutes on one H200 (the simulated
+# device's runs, ~2 minutes, need no GPU: --sim off leaves them out).
 #
 # Usage:
 #   deploy/gpu/bench.sh                      # cuda, fp16+bf16, short+mixed, overhead if possible
 #   deploy/gpu/bench.sh --device cpu --quick # rehearsal on a CPU machine (tiny model, seconds)
 #   deploy/gpu/bench.sh --json out.json      # also write the results as JSON
+#   deploy/gpu/bench.sh --sim on             # fail if the simulated-device runs cannot run
 #   (all flags: deploy/gpu/bench.sh --help)
 #
 # Offline machines: if transformers is missing and .cache/gpu/wheels holds wheels

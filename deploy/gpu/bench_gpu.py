@@ -11,6 +11,10 @@ sizes are tried, since a GPU wants far bigger batches than the CPU default of
 --runs e2e,noop,limit`` at BATCH_MAX_SIZE 512, on this device) show whether one
 worker process feeds that ceiling: e2e / ceiling is the figure; they are skipped
 with a note when the project's dependencies, Java or the Kafka jars are missing.
+Beside them, the simulated-device runs (``sentiment-worker bench --device sim
+--sim-profiles fast,slow --runs e2e,noop``): the same worker with its forward pass
+replaced by a device of known speed, which tells apart this host's CPU path (fast: e2e /
+noop) from feeding a busy device (slow: device busy, padding efficiency).
 """
 
 from __future__ import annotations
@@ -99,17 +103,25 @@ def ceiling(device: torch.device, precision: str, workload: str, rows: int, max_
     return result
 
 
-def kafka_runs(events: int, timeout_s: float, device: torch.device, precision: str, batch: int) -> dict[str, Any]:
-    """``sentiment-worker bench --runs e2e,noop,limit``: the worker through Kafka with the model (e2e),
-    without it (noop), and the plain aiokafka loop (limit), at large batches, on this device."""
+def kafka_missing() -> Optional[str]:
+    """Why the Kafka runs cannot run here, or None."""
     missing = [m for m in ("faust", "aiokafka", "orjson", "structlog", "pydantic_settings", "typer", "tqdm", "matplotlib")
                if importlib.util.find_spec(m) is None]
     if missing:
-        return {"skipped": f"project dependencies missing: {', '.join(missing)}"}
+        return f"project dependencies missing: {', '.join(missing)}"
     if shutil.which("java") is None:
-        return {"skipped": "no java on PATH (the local Kafka broker needs Java 17+)"}
+        return "no java on PATH (the local Kafka broker needs Java 17+)"
     if not any((REPO / ".cache" / "kafka").glob("*/libs/*.jar")) and shutil.which("mvn") is None:
-        return {"skipped": "no Kafka jars in .cache/kafka and no Maven to fetch them"}
+        return "no Kafka jars in .cache/kafka and no Maven to fetch them"
+    return None
+
+
+def kafka_runs(events: int, timeout_s: float, device: torch.device, precision: str, batch: int) -> dict[str, Any]:
+    """``sentiment-worker bench --runs e2e,noop,limit``: the worker through Kafka with the model (e2e),
+    without it (noop), and the plain aiokafka loop (limit), at large batches, on this device."""
+    why = kafka_missing()
+    if why:
+        return {"skipped": why}
     out = Path(tempfile.mkdtemp(prefix="gpu-kafka-"))
     cmd = [sys.executable, "-m", "worker", "bench", "--runs", "e2e,noop,limit", "--workloads", "short",
            "--events", str(events), "--noop-events", str(events), "--batch-max-size", str(batch),
@@ -129,6 +141,34 @@ def kafka_runs(events: int, timeout_s: float, device: torch.device, precision: s
     return {row["run"]: {k: row.get(k) for k in keep} for row in report["results"]} | {"precision": precision}
 
 
+def sim_runs(events: int, timeout_s: float, batch: int) -> dict[str, Any]:
+    """``sentiment-worker bench --device sim --sim-profiles fast,slow --runs e2e,noop``: the worker with a
+    simulated device, fast (30 ns/token + 2 ms/call: this host's CPU path is the limit) and slow
+    (10 µs/token: the device is the limit)."""
+    why = kafka_missing()
+    if why:
+        return {"skipped": why}
+    out = Path(tempfile.mkdtemp(prefix="gpu-sim-"))
+    cmd = [sys.executable, "-m", "worker", "bench", "--device", "sim", "--sim-profiles", "fast,slow",
+           "--runs", "e2e,noop", "--workloads", "short", "--events", str(events), "--noop-events", str(events),
+           "--batch-max-size", str(batch), "--noop-batch-size", str(batch), "--max-batch-tokens", "65536",
+           "--out", str(out)]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"the simulated-device runs took longer than {timeout_s:.0f}s"}
+    if proc.returncode != 0:
+        return {"skipped": f"the simulated-device runs failed: {proc.stderr[-800:]}"}
+    report = json.loads((out / "bench.json").read_text())
+    keep = ("events", "events_per_s", "batch_max_size", "sim_ns_per_token", "sim_ms_per_call", "device_busy",
+            "device_busy_source", "padding_efficiency", "planner_cost", "cpu_us_per_event", "error")
+    rows = {(row.get("sim_profile") or row["run"]): {k: row.get(k) for k in keep} for row in report["results"]}
+    ratios = report["ratios"]
+    return rows | {"fast_e2e_vs_noop": ratios.get("sim_fast_e2e_vs_noop_short"),
+                   "targets": [t for t in report["targets"] if t["target"].startswith("sim ")]}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu (rehearsal)")
@@ -142,6 +182,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="the worker through Kafka (e2e, noop, limit): auto = when Java/Kafka/deps are present")
     parser.add_argument("--overhead-events", type=int, default=50000)
     parser.add_argument("--kafka-batch", type=int, default=512, help="BATCH_MAX_SIZE of the Kafka runs")
+    parser.add_argument("--sim", choices=("auto", "on", "off"), default="auto",
+                        help="the worker with a simulated device (fast and slow), beside the real runs: "
+                        "auto = when the Kafka runs run (not with --overhead off)")
+    parser.add_argument("--sim-events", type=int, default=20000)
     parser.add_argument("--quick", action="store_true", help="tiny model, few events: a rehearsal of the script")
     parser.add_argument("--json", type=Path, default=None, help="also write all results here")
     args = parser.parse_args(argv)
@@ -177,6 +221,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                               precision=precisions[0], batch=args.kafka_batch)
         if args.overhead == "on" and "skipped" in overhead:
             print(f"error: Kafka runs: {overhead['skipped']}", file=sys.stderr)
+    sim: dict[str, Any] = {"skipped": f"--sim {args.sim}" + (" and --overhead off" if args.sim == "auto" else "")}
+    if args.sim == "on" or (args.sim == "auto" and args.overhead != "off"):
+        print("  the worker with a simulated device (fast, slow) ...", file=sys.stderr, flush=True)
+        sim = sim_runs(2000 if args.quick else args.sim_events, timeout_s=420, batch=args.kafka_batch)
+        if args.sim == "on" and "skipped" in sim:
+            print(f"error: simulated-device runs: {sim['skipped']}", file=sys.stderr)
 
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for r in results:
@@ -187,7 +237,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     short = best.get(("short", overhead.get("precision", precisions[0])))
     ratio = round(e2e / short["events_per_s"], 3) if e2e and short else None
     report = {"device": name, "torch": torch.__version__, "quick": args.quick, "ceiling": results,
-              "best": [best[k] for k in sorted(best)], "overhead": overhead, "e2e_vs_ceiling_short": ratio,
+              "best": [best[k] for k in sorted(best)], "overhead": overhead, "e2e_vs_ceiling_short": ratio, "sim": sim,
               "seconds": round(time.perf_counter() - started, 1)}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
@@ -205,8 +255,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{run:<5} through Kafka (one process, batch {row.get('batch_max_size')}): {row.get('events_per_s')} "
                   f"events/s, {row.get('cpu_us_per_event')} CPU µs/event")
         print(f"e2e / ceiling (short, {overhead.get('precision')}): {ratio}")
+    if "skipped" in sim:
+        print(f"the worker with a simulated device: skipped: {sim['skipped']}")
+    else:
+        for profile in ("fast", "slow"):
+            row = sim.get(profile, {})
+            print(f"sim {profile} ({row.get('sim_ns_per_token')} ns/token + {row.get('sim_ms_per_call')} ms/call): "
+                  f"{row.get('events_per_s')} events/s, device busy {row.get('device_busy')}, "
+                  f"padding eff {row.get('padding_efficiency')}")
+        for check in sim.get("targets", []):
+            print(f"{check['target']}: {check['value']} (goal {check['goal']}, met: {check['met']})")
     print(f"total {report['seconds']} s")
-    return 0 if not (args.overhead == "on" and "skipped" in overhead) else 1
+    failed = (args.overhead == "on" and "skipped" in overhead) or (args.sim == "on" and "skipped" in sim)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
