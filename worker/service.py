@@ -10,6 +10,7 @@ the per-event path.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -30,7 +31,7 @@ from worker.ops.lag import LagProbe
 from worker.ops.memory import AllocatorUnavailable, jemalloc_loaded, use_allocator
 from worker.ops.monitor import Monitor
 from worker.ops.shutdown import ExitDeadline
-from worker.ops.telemetry import Telemetry
+from worker.ops.telemetry import Telemetry, set_planner_costs
 from worker.ops.watchdog import StallWatchdog
 from worker.ops.web import StartupPages, install_pages
 from worker.pipeline.batcher import Batcher
@@ -432,6 +433,18 @@ def _run(
         labels=list(info.labels),
         seconds=round(seconds, 2),
     )
+    costs = engine.costs.current
+    set_planner_costs(costs)
+    log.info(
+        "planner.costs",
+        model=engine.cost_key,
+        source=costs.source,
+        probes=costs.observations,
+        call_ms=round(costs.call_s * 1e3, 3),
+        token_us=round(costs.token_s * 1e6, 4),
+        call_overhead_tokens=_finite(costs.call_overhead_tokens),
+        attention_scale=_finite(costs.attention_scale),  # None: no attention cost seen
+    )
     if info.random_weights:
         log.warning("model.random_weights", message="RANDOM WEIGHTS: this model's predictions mean nothing")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -479,3 +492,7 @@ def main(
     except StartupError as exc:  # already logged where it happened
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _finite(value: float) -> Optional[float]:
+    return round(value, 1) if math.isfinite(value) else None

@@ -160,7 +160,7 @@ class Telemetry:
         metrics.INFERENCE_SECONDS.observe(done.infer_s)
         metrics.MODEL_BUSY_SECONDS.inc(report.forward_s)
         if report.costs is not None:
-            _set_planner_gauges(report.costs)
+            set_planner_costs(report.costs)
         metrics.PUBLISH_SECONDS.observe(done.publish_s)
         if done.truncated:
             metrics.TRUNCATED.inc(done.truncated)
@@ -238,7 +238,8 @@ class Telemetry:
         metrics.GPU_MEMORY_BYTES.labels(str(gpu), "reserved").set(torch.cuda.memory_reserved(gpu))
 
 
-def _set_planner_gauges(costs: CostTerms) -> None:
+def set_planner_costs(costs: CostTerms) -> None:
+    """The cost model the planner works with now, as gauges (the start, then every refit)."""
     gauge = metrics.PLANNER_COST.labels
     gauge("call_seconds").set(costs.call_s)
     gauge("token_seconds").set(costs.token_s)
