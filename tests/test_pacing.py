@@ -290,3 +290,40 @@ def test_a_cut_carries_when_its_oldest_record_was_fetched_and_whether_it_was_ful
     (last,) = b.ready(1.5)
     assert (last.fetched_at, last.full, [r.offset for r in last.records]) == (1.2, False, [8])
     assert b.time_left(1.5, 1.0) == 1.0
+
+
+# ----------------------------------------------------------------------------- wiring
+
+
+def test_the_setting_reaches_the_batcher_and_the_gauges() -> None:
+    from worker.service import make_batching
+    from worker.settings import Settings
+
+    seen: list[tuple[int, float, Optional[float]]] = []
+    fixed, none = make_batching(Settings(batch_max_size=256, batch_max_wait_ms=40), lambda *a: seen.append(a))
+    assert none is None and (fixed.max_size, fixed.max_wait_s) == (256, 0.04)
+    assert seen == [(256, 0.04, None)]
+
+    seen.clear()
+    batcher, pacing = make_batching(
+        Settings(batch_max_size=256, batch_max_wait_ms=40, latency_target_ms=100), lambda *a: seen.append(a)
+    )
+    assert pacing is not None and pacing.pacer.target_s == 0.1
+    assert (batcher.max_size, batcher.max_wait_s) == (START_SIZE, WAIT_SHARE * 0.1)  # a quarter of the target
+    assert seen == [(START_SIZE, WAIT_SHARE * 0.1, None)]
+    for k in range(SHRINK_AFTER):  # stored batches far over the target
+        pacing.stored(Cut([], {}, fetched_at=float(k), full=True), now=k + 0.3)
+    assert batcher.max_size < START_SIZE and batcher.max_wait_s < WAIT_SHARE * 0.1
+    size, wait_s, p99_s = seen[-1]
+    assert (size, wait_s) == (batcher.max_size, batcher.max_wait_s) and p99_s == pytest.approx(0.3)
+
+
+def test_the_setting_is_optional_and_at_least_one_ms() -> None:
+    from pydantic import ValidationError
+
+    from worker.settings import Settings
+
+    assert Settings().latency_target_ms is None
+    assert Settings(latency_target_ms="250").latency_target_ms == 250
+    with pytest.raises(ValidationError):
+        Settings(latency_target_ms=0)
