@@ -181,6 +181,7 @@ def test_at_saturation_it_converges_to_large_batches_and_near_the_best_fixed_siz
     best = best_fixed(rates, 20, target_s, [8, 16, 32, 64, 128, 256, 512])
     assert run.throughput(10, 20) >= 0.95 * best
     assert run.mean_size(10, 20) >= 2 * START_SIZE
+    assert [at for at, _ in run.limits if at > 5] == [], "settled: no oscillation"
 
 
 def test_with_a_lax_target_it_grows_to_the_configured_size() -> None:
