@@ -40,6 +40,7 @@ from worker.pipeline.headers import HeaderPolicy
 from worker.pipeline.intake import Intake
 from worker.pipeline.ledger import OffsetLedger
 from worker.pipeline.outputs import OutputBuilder
+from worker.pipeline.pacing import Limits, Pacer, Pacing
 from worker.pipeline.scoring import BatchScorer
 from worker.pipeline.stages import Pipeline
 from worker.settings import SchemaVersion, Settings
@@ -90,6 +91,26 @@ def make_app(settings: Settings) -> InputApp:
     )
 
 
+LimitsListener = Callable[[int, float, Optional[float]], None]  # size, wait_s, p99_s (None: at start)
+
+
+def make_batching(settings: Settings, on_limits: Optional[LimitsListener] = None) -> tuple[Batcher, Optional[Pacing]]:
+    """The batcher, and with LATENCY_TARGET_MS the pacing that moves its limits (else they stay fixed)."""
+    batcher = Batcher(settings.batch_max_size, settings.batch_max_wait_ms / 1000)
+    pacing = None
+    if settings.latency_target_ms is not None:
+
+        def changed(limits: Limits, p99_s: Optional[float]) -> None:
+            if on_limits is not None:
+                on_limits(limits.size, limits.wait_s, p99_s)
+
+        pacer = Pacer(settings.latency_target_ms / 1000, settings.batch_max_size, settings.batch_max_wait_ms / 1000)
+        pacing = Pacing(pacer, batcher, changed)
+    if on_limits is not None:
+        on_limits(batcher.max_size, batcher.max_wait_s, None)
+    return batcher, pacing
+
+
 class WorkerService:
     """The pipeline of one process and the Faust app that feeds it."""
 
@@ -135,6 +156,11 @@ class WorkerService:
             backoff_max_s=settings.publish_backoff_max_s,
             retry_budget_s=settings.publish_retry_budget_s,
         )
+        batcher, self.pacing = make_batching(settings, self.telemetry.batch_limits)
+        if settings.latency_target_ms is not None:
+            log.info("batching.paced", latency_target_ms=settings.latency_target_ms, max_size=settings.batch_max_size,
+                     max_wait_ms=settings.batch_max_wait_ms, start_size=batcher.max_size,
+                     start_wait_ms=round(batcher.max_wait_s * 1000, 2))
         self.pipeline = Pipeline(
             scorer=BatchScorer(engine),
             builder=builder,
@@ -144,9 +170,10 @@ class WorkerService:
             input_format=settings.input_format,
             tracer=self.tracing,
             decoder=registry.decoder if registry is not None else None,
+            on_stored=self.pacing.stored if self.pacing is not None else None,
         )
         self.intake = Intake(
-            Batcher(settings.batch_max_size, settings.batch_max_wait_ms / 1000),
+            batcher,
             self.pipeline,
             self.ledger,
             self._rewind,

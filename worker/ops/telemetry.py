@@ -210,6 +210,13 @@ class Telemetry:
         metrics.FAILURES.inc()
         log.error("pipeline.failed", error=repr(error), exc_info=error)
 
+    def batch_limits(self, events: int, wait_s: float, p99_s: Optional[float] = None) -> None:
+        """The batcher's current limits (at start, and whenever LATENCY_TARGET_MS's pacer moves them)."""
+        metrics.BATCH_LIMIT.set(events)
+        metrics.BATCH_WAIT.set(wait_s)
+        if p99_s is not None:
+            log.debug("batching.limits", size=events, wait_ms=round(wait_s * 1000, 2), p99_ms=round(p99_s * 1000, 2))
+
     def log_throughput(self, in_flight: int) -> None:
         """The periodic summary line."""
         now = time.monotonic()
