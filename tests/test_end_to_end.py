@@ -109,6 +109,18 @@ async def test_thousand_events_scored_once_in_order_and_committed(
     assert max(sizes) <= 32
     assert sizes.count(32) > 0
 
+    # The planner's costs were measured at warm-up and refitted from the batches; the model's busy time counted.
+    costs = worker.events("planner.costs")[0]
+    assert costs["source"] == "probe" and costs["probes"] >= 3 and costs["model"].endswith("/cpu/fp32")
+    assert costs["call_ms"] > 0 and costs["token_us"] > 0
+    page = (worker.get("/metrics") or b"").decode()
+    gauges = {line.split("}")[0].split('"')[1]: float(line.split()[-1])
+              for line in page.splitlines() if line.startswith("sentiment_worker_planner_cost{")}
+    assert gauges["token_seconds"] > 0 and gauges["call_overhead_tokens"] > 0, gauges
+    busy = next(float(line.split()[-1]) for line in page.splitlines()
+                if line.startswith("sentiment_worker_model_busy_seconds_total "))
+    assert 0 < busy
+
 
 async def test_failed_batch_is_not_committed_and_is_scored_after_restart(
     worker_factory, bootstrap, topics, tmp_path

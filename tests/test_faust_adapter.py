@@ -65,6 +65,17 @@ async def test_worker_consumer_reads_committed(tmp_path) -> None:
     assert "self._isolation_level" in inspect.getsource(AIOKafkaConsumer.start)
 
 
+async def test_the_fetch_limit_is_read_by_every_fetch(tmp_path) -> None:
+    """LATENCY_TARGET_MS moves the batch size; each fetch brings at most one batch (Intake.fetch_max_records)."""
+    assert "max_records=_consumer._max_poll_records" in inspect.getsource(faust_aiokafka.AIOKafkaConsumerThread.getmany)
+    app = make_app(tmp_path, broker_max_poll_records=64)
+    thread = app.consumer._thread  # noqa: SLF001
+    thread._consumer = thread._create_worker_consumer(app.transport)  # noqa: SLF001 - built, never started
+    assert thread._consumer._max_poll_records == 64  # noqa: SLF001
+    app.consumer._limit_fetch(24)  # noqa: SLF001
+    assert thread._consumer._max_poll_records == 24  # noqa: SLF001
+
+
 async def test_commit_after_a_rebalance_returns_false(tmp_path, monkeypatch) -> None:
     """Faust's consumer thread swallows 'already rebalanced' and returns False: nothing was committed."""
     app = make_app(tmp_path)

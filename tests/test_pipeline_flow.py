@@ -4,6 +4,7 @@ order, ready batches merged, batches of an ended assignment dropped, a failure t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -85,6 +86,7 @@ class Flow:
         self.sink = RecordingSink()
         out = builder({}, Letters())
         self.failures: list[BaseException] = []
+        self.stored: list[tuple[Cut, float]] = []  # what the pacer hears
         self.pipeline = Pipeline(
             scorer=self.scorer,
             builder=out,
@@ -92,6 +94,7 @@ class Flow:
             ledger=self.ledger,
             observer=NullObserver(),
             input_format=InputFormat.json,
+            on_stored=lambda cut, now: self.stored.append((cut, now)),
         )
         self.pipeline.start(self._failed)
 
@@ -125,6 +128,19 @@ async def test_batches_are_published_in_submission_order_whatever_order_they_are
     assert await flow.pipeline.drain(5)
     assert [offsets for call in flow.sink.calls for offsets in call] == [(0, 1, 2, 3, 4, 5)]
     assert flow.ledger.positions() == {TP: 6}
+
+
+async def test_each_stored_batch_is_reported_with_its_cut_once_stored(flow: Flow) -> None:
+    """The pacer's input: fetch-to-stored is measured from the cut's fetch time to this moment."""
+    await flow.submit(range(0, 3))
+    await flow.submit(range(3, 5))
+    await flow.scorer.scoring(2)
+    assert flow.stored == []
+    flow.scorer.gates[0].set()
+    flow.scorer.gates[1].set()
+    assert await flow.pipeline.drain(5)
+    assert [[r.offset for r in cut.records] for cut, _ in flow.stored] == [[0, 1, 2], [3, 4]]
+    assert flow.stored[0][1] <= flow.stored[1][1] <= time.monotonic()
 
 
 async def test_batches_ready_while_one_publishes_go_out_together(flow: Flow) -> None:

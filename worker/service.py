@@ -10,6 +10,7 @@ the per-event path.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -30,7 +31,7 @@ from worker.ops.lag import LagProbe
 from worker.ops.memory import AllocatorUnavailable, jemalloc_loaded, use_allocator
 from worker.ops.monitor import Monitor
 from worker.ops.shutdown import ExitDeadline
-from worker.ops.telemetry import Telemetry
+from worker.ops.telemetry import Telemetry, set_planner_costs
 from worker.ops.watchdog import StallWatchdog
 from worker.ops.web import StartupPages, install_pages
 from worker.pipeline.batcher import Batcher
@@ -39,6 +40,7 @@ from worker.pipeline.headers import HeaderPolicy
 from worker.pipeline.intake import Intake
 from worker.pipeline.ledger import OffsetLedger
 from worker.pipeline.outputs import OutputBuilder
+from worker.pipeline.pacing import Limits, Pacer, Pacing
 from worker.pipeline.scoring import BatchScorer
 from worker.pipeline.stages import Pipeline
 from worker.settings import SchemaVersion, Settings
@@ -89,6 +91,26 @@ def make_app(settings: Settings) -> InputApp:
     )
 
 
+LimitsListener = Callable[[int, float, Optional[float]], None]  # size, wait_s, p99_s (None: at start)
+
+
+def make_batching(settings: Settings, on_limits: Optional[LimitsListener] = None) -> tuple[Batcher, Optional[Pacing]]:
+    """The batcher, and with LATENCY_TARGET_MS the pacing that moves its limits (else they stay fixed)."""
+    batcher = Batcher(settings.batch_max_size, settings.batch_max_wait_ms / 1000)
+    pacing = None
+    if settings.latency_target_ms is not None:
+
+        def changed(limits: Limits, p99_s: Optional[float]) -> None:
+            if on_limits is not None:
+                on_limits(limits.size, limits.wait_s, p99_s)
+
+        pacer = Pacer(settings.latency_target_ms / 1000, settings.batch_max_size, settings.batch_max_wait_ms / 1000)
+        pacing = Pacing(pacer, batcher, changed)
+    if on_limits is not None:
+        on_limits(batcher.max_size, batcher.max_wait_s, None)
+    return batcher, pacing
+
+
 class WorkerService:
     """The pipeline of one process and the Faust app that feeds it."""
 
@@ -134,6 +156,11 @@ class WorkerService:
             backoff_max_s=settings.publish_backoff_max_s,
             retry_budget_s=settings.publish_retry_budget_s,
         )
+        batcher, self.pacing = make_batching(settings, self.telemetry.batch_limits)
+        if settings.latency_target_ms is not None:
+            log.info("batching.paced", latency_target_ms=settings.latency_target_ms, max_size=settings.batch_max_size,
+                     max_wait_ms=settings.batch_max_wait_ms, start_size=batcher.max_size,
+                     start_wait_ms=round(batcher.max_wait_s * 1000, 2))
         self.pipeline = Pipeline(
             scorer=BatchScorer(engine),
             builder=builder,
@@ -143,9 +170,10 @@ class WorkerService:
             input_format=settings.input_format,
             tracer=self.tracing,
             decoder=registry.decoder if registry is not None else None,
+            on_stored=self.pacing.stored if self.pacing is not None else None,
         )
         self.intake = Intake(
-            Batcher(settings.batch_max_size, settings.batch_max_wait_ms / 1000),
+            batcher,
             self.pipeline,
             self.ledger,
             self._rewind,
@@ -432,6 +460,18 @@ def _run(
         labels=list(info.labels),
         seconds=round(seconds, 2),
     )
+    costs = engine.costs.current
+    set_planner_costs(costs)
+    log.info(
+        "planner.costs",
+        model=engine.cost_key,
+        source=costs.source,
+        probes=costs.observations,
+        call_ms=round(costs.call_s * 1e3, 3),
+        token_us=round(costs.token_s * 1e6, 4),
+        call_overhead_tokens=_finite(costs.call_overhead_tokens),
+        attention_scale=_finite(costs.attention_scale),  # None: no attention cost seen
+    )
     if info.random_weights:
         log.warning("model.random_weights", message="RANDOM WEIGHTS: this model's predictions mean nothing")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -479,3 +519,7 @@ def main(
     except StartupError as exc:  # already logged where it happened
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _finite(value: float) -> Optional[float]:
+    return round(value, 1) if math.isfinite(value) else None

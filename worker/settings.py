@@ -280,6 +280,13 @@ class Settings(BaseSettings):
     batch_max_wait_ms: int = Field(
         50, ge=1, description="Longest wait for a batch to fill before it is scored anyway."
     )
+    latency_target_ms: Optional[int] = Field(
+        None,
+        ge=1,
+        description="p99 time from fetch to stored output to aim for: the batch size and wait are then "
+        "chosen within BATCH_MAX_SIZE and BATCH_MAX_WAIT_MS, and follow the rate and the texts, for the "
+        "most throughput that meets it; unset: the fixed size and wait.",
+    )
     max_batch_tokens: int = Field(
         16384,
         ge=1,

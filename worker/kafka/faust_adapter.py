@@ -70,6 +70,8 @@ class Intake(Protocol):
         """How long the next fetch may wait for records."""
         ...
 
+    # Optional: ``fetch_max_records() -> int``, the most records the next fetch may bring.
+
     async def fetched(self, records: Mapping[TopicPartition, list[Any]], token: int, now: float) -> None:
         """One fetch's records (possibly none: a timeout), per partition in offset order.
 
@@ -102,6 +104,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         intake = getattr(self.app, "intake", None)
         if intake is None:
             raise RuntimeError("InputApp.intake must be set before the app starts")
+        fetch_limit = getattr(intake, "fetch_max_records", None)  # optional: see Intake
         consumer_stopped = self._stopped.is_set
         fetcher_stopped = fetcher._stopped.is_set  # noqa: SLF001
         try:
@@ -109,6 +112,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 # Records are never dropped here: a fetch that straddles a rebalance is judged by
                 # the intake from its token (and rewound, if dropped, so that nothing is skipped).
                 token = intake.fetch_started()
+                if fetch_limit is not None:
+                    self._limit_fetch(fetch_limit())
                 records, _ = await self._wait_next_records(intake.fetch_timeout(time.monotonic()))
                 if self.should_stop:
                     return
@@ -122,6 +127,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+    def _limit_fetch(self, records: int) -> None:
+        """Faust fixes max_poll_records at start (broker_max_poll_records); aiokafka reads it per fetch."""
+        consumer = getattr(self._thread, "_consumer", None)
+        if consumer is not None and consumer._max_poll_records != records:  # noqa: SLF001
+            consumer._max_poll_records = records  # noqa: SLF001
 
     async def rewind(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Fetch these partitions again from these offsets, where the consumer is already past them.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
@@ -20,15 +21,10 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import torch
 
-from worker.model.batching import (
-    ATTENTION_SCALE,
-    CPU_CALL_OVERHEAD_TOKENS,
-    GPU_CALL_OVERHEAD_TOKENS,
-    SubBatch,
-    plan_sub_batches,
-)
+from worker.model.batching import SubBatch, plan_sub_batches
+from worker.model.costs import PROBE_REPEATS, PROBE_SHAPES, CostLearner, Observation, prior_for
 from worker.model.loading import Head, ModelInfo, ModelLoadError, load_pretrained
-from worker.model.report import BatchReport
+from worker.model.report import BatchReport, CostFit
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -39,6 +35,10 @@ log = logging.getLogger(__name__)
 # most ~100 characters, so this keeps every real token of the first max_length
 # while bounding the cost of a megabyte-sized text.
 CHARS_PER_TOKEN_LIMIT = 64
+# Warm-up time spent timing probe shapes for the cost model (cheapest first; at least three are timed).
+PROBE_BUDGET_S = 2.0
+# A call overhead beyond any budget plans the same as an infinite one, without infinities in the planner.
+MAX_CALL_OVERHEAD_TOKENS = 1e12
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +133,8 @@ class SentimentEngine:
         max_batch_rows: int,
         window_stride: int = 128,
         forward: Optional[Forward] = None,
-        call_overhead_tokens: Optional[float] = None,
+        costs: Optional[CostLearner] = None,
+        learn_costs: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -145,11 +146,10 @@ class SentimentEngine:
         self.window_stride = _usable_stride(window_stride, max_length, tokenizer) if self.long_text == "windows" else window_stride
         self._forward: Forward = forward if forward is not None else model
         self._device = next(model.parameters()).device
-        self.call_overhead_tokens = (
-            call_overhead_tokens
-            if call_overhead_tokens is not None
-            else (CPU_CALL_OVERHEAD_TOKENS if self._device.type == "cpu" else GPU_CALL_OVERHEAD_TOKENS)
-        )
+        # One cost model per engine, so per model, device and precision; learn_costs=False keeps the prior.
+        self.costs = costs if costs is not None else CostLearner(prior_for(self._device.type))
+        self.learn_costs = learn_costs
+        self._pinned = self._device.type == "cuda"  # page-locked inputs: the copy to the device runs async
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._rust = _batch_tokenizer(tokenizer, max_length, self.window_stride if self.long_text == "windows" else 0)
         # BERT-style models embed a segment id per token; single texts are segment 0 throughout,
@@ -192,7 +192,6 @@ class SentimentEngine:
         compile: bool = False,
         long_text: str = "truncate",
         window_stride: int = 128,
-        call_overhead_tokens: Optional[float] = None,
     ) -> "SentimentEngine":
         """Load from a local directory or the hub (see :func:`worker.model.loading.load_pretrained`)."""
         loaded = load_pretrained(
@@ -215,11 +214,13 @@ class SentimentEngine:
             max_batch_rows=max_batch_rows,
             window_stride=window_stride,
             forward=loaded.forward if loaded.forward is not loaded.model else None,
-            call_overhead_tokens=call_overhead_tokens,
         )
 
-    def with_forward(self, forward: Forward) -> "SentimentEngine":
-        """The same engine with another forward function (the benchmark's no-op model)."""
+    def with_forward(self, forward: Forward, *, learn_costs: bool = True) -> "SentimentEngine":
+        """The same engine with another forward function (the benchmark's no-op model, a simulated device).
+
+        Another forward is another device: its costs are learnt afresh, from the same prior.
+        """
         return SentimentEngine(
             self.model,
             self.tokenizer,
@@ -229,7 +230,7 @@ class SentimentEngine:
             max_batch_rows=self.max_batch_rows,
             window_stride=self.window_stride,
             forward=forward,
-            call_overhead_tokens=self.call_overhead_tokens,
+            learn_costs=learn_costs,
         )
 
     # -- tokenisation ---------------------------------------------------------
@@ -289,13 +290,21 @@ class SentimentEngine:
 
     # -- inference ------------------------------------------------------------
 
+    @property
+    def cost_key(self) -> str:
+        """What the cost model is for: it holds for one model on one device at one precision."""
+        info = self.info
+        return f"{info.name}@{info.revision or 'local'}/{info.device}/{info.precision}"
+
     def plan(self, encoded: Encoded) -> list[SubBatch]:
+        """The model calls of a batch, cut under the cost model learnt so far."""
+        fit = self.costs.current
         return plan_sub_batches(
             encoded.lengths,
             max_tokens=self.max_batch_tokens,
             max_rows=self.max_batch_rows,
-            call_overhead=self.call_overhead_tokens,
-            attention_scale=ATTENTION_SCALE,
+            call_overhead=min(fit.call_overhead_tokens, MAX_CALL_OVERHEAD_TOKENS),
+            attention_scale=fit.attention_scale,
         )
 
     def pad(
@@ -318,29 +327,49 @@ class SentimentEngine:
         """Outputs of every row (window) of an encoded batch, in row order, and what it cost."""
         lengths = encoded.lengths
         plan = self.plan(encoded)
-        out = np.empty((len(lengths), len(self.info.labels)), dtype=np.float64)
-        head = self.info.head
-        with torch.inference_mode():
-            for sub in plan:
-                type_rows = [encoded.type_ids[i] for i in sub.indices] if encoded.type_ids is not None else None
-                inputs = self.pad([encoded.input_ids[i] for i in sub.indices], sub.width, type_rows)
-                logits = self._forward(
-                    **{name: tensor.to(self._device, non_blocking=True) for name, tensor in inputs.items()}
-                ).logits.float()
-                if head is Head.single_label:
-                    values = torch.softmax(logits, dim=-1)
-                elif head is Head.multi_label:
-                    values = torch.sigmoid(logits)
-                else:
-                    values = logits
-                out[list(sub.indices)] = values.cpu().numpy()
+        out, forward_s = self._run_calls(encoded.input_ids, encoded.type_ids, plan)
+        costs: Optional[CostFit] = None
+        if plan and self.learn_costs:
+            costs = self.costs.observe(Observation.of_calls(((len(s.indices), s.width) for s in plan), forward_s))
         report = BatchReport(
             rows=len(lengths),
             real_tokens=sum(lengths),
             padded_tokens=sum(sub.padded_tokens for sub in plan),
             model_calls=len(plan),
+            forward_s=forward_s,
+            costs=costs,
         )
         return out, report
+
+    def _run_calls(
+        self, input_ids: Sequence[Sequence[int]], type_ids: Optional[Sequence[Sequence[int]]], plan: Sequence[SubBatch]
+    ) -> tuple[np.ndarray, float]:
+        """Run the planned calls; outputs in row order, and the calls' time.
+
+        Inputs are padded on the host first (page-locked on a GPU, so each copy
+        runs asynchronously); logits stay on the device until the last call
+        and come back in one copy: the device is synchronised once per batch,
+        not once per call, and the time measured is the device's.
+        """
+        out = np.empty((sum(len(sub.indices) for sub in plan), len(self.info.labels)), dtype=np.float64)
+        if not plan:
+            return out, 0.0
+        calls = []
+        for sub in plan:
+            type_rows = [type_ids[i] for i in sub.indices] if type_ids is not None else None
+            inputs = self.pad([input_ids[i] for i in sub.indices], sub.width, type_rows)
+            calls.append({name: t.pin_memory() for name, t in inputs.items()} if self._pinned else inputs)
+        device = self._device
+        on_device = []
+        with torch.inference_mode():
+            started = time.perf_counter()
+            for inputs in calls:
+                on_device.append(self._forward(**{name: t.to(device, non_blocking=True) for name, t in inputs.items()}).logits)
+            logits = torch.cat(on_device).float().cpu().numpy()  # the batch's one synchronisation
+            forward_s = time.perf_counter() - started
+        order = np.fromiter(itertools.chain.from_iterable(sub.indices for sub in plan), dtype=np.int64, count=len(out))
+        out[order] = _activate(logits.astype(np.float64), self.info.head)
+        return out, forward_s
 
     def infer(self, encoded: Encoded) -> Scores:
         """Score an encoded batch in length-sorted model calls; one row per text, in input order."""
@@ -352,15 +381,63 @@ class SentimentEngine:
         return self.infer(self.encode(texts)).predictions()
 
     def warmup(self) -> None:
-        """Calls at start so the first real batch doesn't pay for lazy initialisation.
+        """Calls at start so the first real batch doesn't pay for lazy initialisation, then the cost probes.
 
         A compiled model is compiled here (a few shapes); oneDNN and CUDA
-        kernels for the common shapes are created here too.
+        kernels for the common shapes are created here too. These first
+        calls are slow for reasons that don't recur, so the cost model does
+        not learn from them.
         """
-        self.predict(["warm up the model", "a second, somewhat longer warm-up sentence for the batch"])
-        self.predict(["warm up " * 40] * 3 + ["short"])
-        if self.info.compiled:
-            self.predict(["a third shape " * 12] * 5)
+        learning, self.learn_costs = self.learn_costs, False
+        try:
+            self.predict(["warm up the model", "a second, somewhat longer warm-up sentence for the batch"])
+            self.predict(["warm up " * 40] * 3 + ["short"])
+            if self.info.compiled:
+                self.predict(["a third shape " * 12] * 5)
+        finally:
+            self.learn_costs = learning
+        if learning:
+            self.calibrate()
+
+    def calibrate(self, budget_s: float = PROBE_BUDGET_S) -> CostFit:
+        """Time a few call shapes (each a few times, the fastest counts) and fit the cost model to them.
+
+        Shapes go from cheapest to dearest and stop before one that the fit
+        of those timed so far says would overrun ``budget_s``: a slow device
+        gets a few, a fast one all. Only shapes within MAX_LENGTH and the
+        token and row budgets are tried.
+        """
+        ids = self.encode(["a calm and ordinary sentence to time the model with " * 64]).input_ids[0]
+        spent = 0.0
+        probed = 0
+        for rows, width in PROBE_SHAPES:
+            if width > len(ids) or rows > self.max_batch_rows or rows * width > self.max_batch_tokens:
+                continue
+            if probed >= 3 and spent + PROBE_REPEATS * self.costs.refit().seconds(rows, width) > budget_s:
+                break
+            row = [*ids[: width - 1], ids[-1]]
+            type_rows = [[0] * width] * rows if self._type_ids else None
+            plan = [SubBatch(tuple(range(rows)), width)]
+            times = [self._run_calls([row] * rows, type_rows, plan)[1] for _ in range(PROBE_REPEATS)]
+            self.costs.probe(Observation.of_calls([(rows, width)], min(times)))
+            spent += sum(times)
+            probed += 1
+        return self.costs.refit()
+
+
+def _activate(logits: np.ndarray, head: Head) -> np.ndarray:
+    """Logits to the head's outputs, on the host in float64.
+
+    A few hundred rows of a few labels: numpy does it in microseconds, where
+    torch's CPU kernels may hand so small a tensor to their thread pool and
+    wait milliseconds for its threads on a busy machine.
+    """
+    if head is Head.single_label:
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+    if head is Head.multi_label:
+        return 1.0 / (1.0 + np.exp(-logits))
+    return logits
 
 
 def _accepts(model: Any, name: str) -> bool:

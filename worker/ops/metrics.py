@@ -33,6 +33,16 @@ TOKENS = Counter(f"{PREFIX}_tokens", "Tokens run through the model; kind=real or
 PADDING_EFFICIENCY = Gauge(
     f"{PREFIX}_padding_efficiency_ratio", "Real over padded tokens of the last batch.", multiprocess_mode="livemostrecent"
 )
+BATCH_LIMIT = Gauge(
+    f"{PREFIX}_batch_limit_events",
+    "Current batch size limit (BATCH_MAX_SIZE, or what LATENCY_TARGET_MS chose).",
+    multiprocess_mode="livemostrecent",
+)
+BATCH_WAIT = Gauge(
+    f"{PREFIX}_batch_wait_seconds",
+    "Current longest wait for a batch to fill (BATCH_MAX_WAIT_MS, or what LATENCY_TARGET_MS chose).",
+    multiprocess_mode="livemostrecent",
+)
 TOKENIZE_SECONDS = Histogram(f"{PREFIX}_tokenize_seconds", "Tokenisation time per batch.", buckets=_STAGE_BUCKETS)
 INFERENCE_SECONDS = Histogram(f"{PREFIX}_inference_seconds", "Model time per batch.", buckets=_STAGE_BUCKETS)
 PUBLISH_SECONDS = Histogram(

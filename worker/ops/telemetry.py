@@ -160,7 +160,7 @@ class Telemetry:
         metrics.INFERENCE_SECONDS.observe(done.infer_s)
         metrics.MODEL_BUSY_SECONDS.inc(report.forward_s)
         if report.costs is not None:
-            _set_planner_gauges(report.costs)
+            set_planner_costs(report.costs)
         metrics.PUBLISH_SECONDS.observe(done.publish_s)
         if done.truncated:
             metrics.TRUNCATED.inc(done.truncated)
@@ -210,6 +210,13 @@ class Telemetry:
         metrics.FAILURES.inc()
         log.error("pipeline.failed", error=repr(error), exc_info=error)
 
+    def batch_limits(self, events: int, wait_s: float, p99_s: Optional[float] = None) -> None:
+        """The batcher's current limits (at start, and whenever LATENCY_TARGET_MS's pacer moves them)."""
+        metrics.BATCH_LIMIT.set(events)
+        metrics.BATCH_WAIT.set(wait_s)
+        if p99_s is not None:
+            log.debug("batching.limits", size=events, wait_ms=round(wait_s * 1000, 2), p99_ms=round(p99_s * 1000, 2))
+
     def log_throughput(self, in_flight: int) -> None:
         """The periodic summary line."""
         now = time.monotonic()
@@ -238,7 +245,8 @@ class Telemetry:
         metrics.GPU_MEMORY_BYTES.labels(str(gpu), "reserved").set(torch.cuda.memory_reserved(gpu))
 
 
-def _set_planner_gauges(costs: CostTerms) -> None:
+def set_planner_costs(costs: CostTerms) -> None:
+    """The cost model the planner works with now, as gauges (the start, then every refit)."""
     gauge = metrics.PLANNER_COST.labels
     gauge("call_seconds").set(costs.call_s)
     gauge("token_seconds").set(costs.token_s)

@@ -39,6 +39,10 @@ class Intake:
     def fetch_timeout(self, now: float) -> float:
         return self._batcher.time_left(now, IDLE_FETCH_S)
 
+    def fetch_max_records(self) -> int:
+        """A fetch brings at most one batch: more would wait in the batcher, past a paced size."""
+        return self._batcher.max_size
+
     async def fetched(self, records: Mapping[TopicPartition, list[Any]], token: int, now: float) -> None:
         if token != self._ledger.epoch:
             await self._drop(record for batch in records.values() for record in batch)

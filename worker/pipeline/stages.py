@@ -86,7 +86,9 @@ class Pipeline:
         max_pending: int = 4,
         tracer: Optional[Tracer] = None,
         decoder: Optional[InputDecoder] = None,
+        on_stored: Optional[Callable[[Cut, float], None]] = None,
     ) -> None:
+        """``on_stored``: told of each stored batch with ``time.monotonic()`` then (the pacer's input)."""
         self._scorer = scorer
         self._builder = builder
         self._deliverer = deliverer
@@ -95,6 +97,7 @@ class Pipeline:
         self._format = input_format
         self._tracer = tracer
         self._decoder = decoder
+        self._on_stored = on_stored
         self._pending: deque[_InFlight] = deque()  # submitted, not yet taken by the publisher
         self._space = asyncio.Semaphore(max_pending)
         self._arrived = asyncio.Event()
@@ -291,6 +294,8 @@ class Pipeline:
                 self._observer.batch_abandoned(item.ticket.events)
                 continue
             self._observer.batch_done(_summary(item, scored, deliveries, publish_s))
+            if self._on_stored is not None:
+                self._on_stored(item.cut, time.monotonic())
 
 
 def _end_trace(item: _InFlight, scored: Scored, publish_ns: int, stored_ns: int, stored: bool) -> None:

@@ -1,0 +1,198 @@
+"""What a model call costs here, learnt from the calls made: the planner's constants, measured.
+
+The planner (``worker.model.batching``) trades model calls against padding
+under a cost model of three terms per call::
+
+    seconds = call_s + padded_tokens x (token_s + width x token_position_s)
+
+``call_s`` is what a call costs whatever its size (reading every weight once
+on a CPU, launching some hundred kernels on a GPU), ``token_s`` the linear
+layers' cost per token, ``token_position_s`` attention's, which grows with
+the width. Their ratios, not their values, decide the plan; they differ by
+orders of magnitude between a CPU and a GPU, and with the model and the
+precision. Built-in guesses (:data:`PRIORS`) are only where a worker starts:
+the engine times a few probe shapes at warm-up, then every batch, and this
+module fits the three terms to those timings.
+
+A batch's time is linear in the three terms summed over its calls
+(``calls``, ``padded tokens``, ``sum of rows x width^2``), so a batch is one
+observation whatever its plan, and the device is synchronised once per batch,
+not per call. The fit is a non-negative least squares over relative errors
+(a 2 ms probe counts as much as a 2 s batch), over the warm-up probes (kept:
+they vary the shapes that real traffic may not) and the most recent batches
+(so it follows a device that slows down or speeds up). Pure logic: numpy
+only, no clock, no torch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.model.batching import ATTENTION_SCALE, CPU_CALL_OVERHEAD_TOKENS, GPU_CALL_OVERHEAD_TOKENS
+from worker.model.report import CostFit
+
+# The guesses a worker starts from, per device type: the ratios the planner was tuned to by
+# hand (worker.model.batching), with a CPU call at ~16 ms (DistilBERT-base fp32, 2 cores)
+# and a GPU call at a few ms of launches. Only their ratios matter to a plan.
+PRIORS = {
+    "cpu": CostFit(16e-3, 16e-3 / CPU_CALL_OVERHEAD_TOKENS, 16e-3 / CPU_CALL_OVERHEAD_TOKENS / ATTENTION_SCALE, "prior", 0),
+    "cuda": CostFit(3e-3, 3e-3 / GPU_CALL_OVERHEAD_TOKENS, 3e-3 / GPU_CALL_OVERHEAD_TOKENS / ATTENTION_SCALE, "prior", 0),
+}
+RECENT_BATCHES = 256
+# A relative miss beyond this (and beyond 3x the median miss) marks an observation as disturbed.
+OUTLIER_MISS = 0.25
+PROBE_REPEATS = 3
+# With this many recent batches or fewer, a probe weighs as much as a batch; with more, less in proportion.
+PROBE_WEIGHT_BATCHES = 4
+REFIT_EVERY = 8
+# Probe shapes (rows, width), cheapest first, up to the default token budget: on a fast device
+# a token costs so little against a call that only large calls show it. The warm-up stops
+# before a shape its fit so far says would overrun its time budget.
+PROBE_SHAPES = (
+    (1, 8), (1, 64), (4, 16), (8, 32), (1, 256), (2, 128), (16, 16), (4, 128), (32, 32), (4, 512),
+    (16, 128), (64, 64), (16, 256), (32, 256), (128, 64), (32, 512), (64, 256),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One timed batch (or probe): the sums of its calls' cost terms, and how long it took."""
+
+    calls: int
+    tokens: int
+    token_positions: int  # sum over calls of rows x width^2
+    seconds: float
+
+    @classmethod
+    def of_calls(cls, shapes: Iterable[tuple[int, int]], seconds: float) -> "Observation":
+        """From the (rows, width) of each call."""
+        shapes = list(shapes)
+        return cls(
+            len(shapes),
+            sum(rows * width for rows, width in shapes),
+            sum(rows * width * width for rows, width in shapes),
+            seconds,
+        )
+
+
+def prior_for(device_type: str) -> CostFit:
+    """The starting guess for a device type (``cpu``, ``cuda``; anything else is taken for an accelerator)."""
+    return PRIORS.get(device_type, PRIORS["cuda"])
+
+
+class CostLearner:
+    """Keeps the observations of one model on one device at one precision, and their fit."""
+
+    def __init__(self, prior: CostFit, *, recent: int = RECENT_BATCHES, refit_every: int = REFIT_EVERY) -> None:
+        self.prior = prior
+        self._probes: list[Observation] = []
+        self._recent: deque[Observation] = deque(maxlen=recent)
+        self._refit_every = refit_every
+        self._since_fit = 0
+        self._current = prior
+
+    @property
+    def current(self) -> CostFit:
+        """The cost model the planner uses now."""
+        return self._current
+
+    def probe(self, observation: Observation) -> None:
+        """A warm-up call: kept for good, it anchors the terms real traffic may not vary."""
+        self._probes.append(observation)
+
+    def observe(self, observation: Observation) -> CostFit:
+        """A timed batch of real traffic; refits every few batches. Returns the cost model now in use."""
+        if observation.seconds > 0 and observation.calls > 0:
+            self._recent.append(observation)
+            self._since_fit += 1
+            if self._since_fit >= self._refit_every:
+                self.refit()
+        return self._current
+
+    def refit(self) -> CostFit:
+        """Fit the terms to every observation kept; the previous model stays if they can't tell the terms apart."""
+        self._since_fit = 0
+        observations = [*self._probes, *self._recent]
+        # The probes vary the shapes; recent batches say how fast the device is now. As batches
+        # come in, the probes weigh less, so the fit follows a device that slows down.
+        probe_weight = min(1.0, PROBE_WEIGHT_BATCHES / max(1, len(self._recent)))
+        weights = [probe_weight] * len(self._probes) + [1.0] * len(self._recent)
+        fitted = fit_costs(observations, weights)
+        if fitted is not None:
+            source = "fit" if self._recent else "probe"
+            self._current = CostFit(fitted[0], fitted[1], fitted[2], source, len(observations))
+        return self._current
+
+
+def fit_costs(
+    observations: Sequence[Observation], weights: "Sequence[float] | None" = None
+) -> "tuple[float, float, float] | None":
+    """``(call_s, token_s, token_position_s)``, all >= 0, with the least relative squared error.
+
+    Exact non-negative least squares for three unknowns: every subset of the
+    terms is solved unconstrained, and the best solution that has no negative
+    term wins; the per-token term is always in it. Observations the first fit
+    misses by far more than the rest (a call that waited for a busy CPU, a
+    garbage collection) are dropped and the fit made again. None when the
+    observations can't determine a positive per-token cost (too few, or all
+    of one shape).
+    """
+    given = list(weights) if weights is not None else [1.0] * len(observations)
+    usable = [(o, w) for o, w in zip(observations, given, strict=True) if o.seconds > 0 and o.calls > 0 and w > 0]
+    features = np.array([[o.calls, o.tokens, o.token_positions] for o, _ in usable], dtype=np.float64).reshape(-1, 3)
+    seconds = np.array([o.seconds for o, _ in usable], dtype=np.float64)
+    weight = np.array([w for _, w in usable], dtype=np.float64)
+    first = _nnls_relative(features, seconds, weight)
+    if first is None:
+        return None
+    misses = np.abs(features @ first / seconds - 1.0)
+    keep = misses <= max(OUTLIER_MISS, 3.0 * float(np.median(misses)))
+    if not keep.all():
+        second = _nnls_relative(features[keep], seconds[keep], weight[keep])
+        if second is not None:
+            first = second
+    call_s, token_s, token_position_s = first.tolist()
+    if token_s <= 0 or not all(math.isfinite(v) for v in (call_s, token_s, token_position_s)):
+        return None  # tokens free: nothing to trade calls against; keep what was believed
+    return call_s, token_s, token_position_s
+
+
+def _nnls_relative(features: np.ndarray, seconds: np.ndarray, weight: np.ndarray) -> "np.ndarray | None":
+    if len(seconds) < 3:
+        return None
+    # Relative error: each row divided by its own time (and weighed); columns scaled to comparable sizes.
+    root = np.sqrt(weight)
+    rows = features / seconds[:, None] * root[:, None]
+    target = root
+    scale = np.maximum(rows.max(axis=0), 1e-300)
+    rows = rows / scale
+    if np.linalg.matrix_rank(rows) < 2:
+        return None  # all of one shape: how the time splits between calls and tokens is unknowable
+    best: "tuple[float, np.ndarray] | None" = None
+    for size in (3, 2, 1):
+        for terms in itertools.combinations(range(3), size):
+            if 1 not in terms:
+                continue  # every layer but attention is linear in tokens: a model has a per-token cost
+            columns = rows[:, terms]
+            if np.linalg.matrix_rank(columns) < size:
+                continue
+            solution, *_ = np.linalg.lstsq(columns, target, rcond=None)
+            if np.any(solution < 0):
+                continue
+            residual = float(np.sum((columns @ solution - target) ** 2))
+            if best is None or residual < best[0] - 1e-12:
+                full = np.zeros(3)
+                full[list(terms)] = solution
+                best = (residual, full)
+    return None if best is None else best[1] / scale
+
+
+def planned_cost(fit: CostFit, shapes: Iterable[tuple[int, int]]) -> float:
+    """What a plan of calls of these (rows, width) costs under ``fit``, in seconds."""
+    return sum(fit.seconds(rows, width) for rows, width in shapes)
