@@ -23,9 +23,11 @@ def test_planner_costs_are_read_from_the_gauges() -> None:
     metrics = {
         'sentiment_worker_planner_cost{term="call_seconds"}': 0.002,
         'sentiment_worker_planner_cost{term="token_seconds"}': 3e-8,
+        'sentiment_worker_planner_cost{term="attention_scale"}': float("inf"),
         'sentiment_worker_tokens_total{kind="real"}': 10.0,
     }
-    assert _planner_costs_from_metrics(metrics) == {"call_seconds": 0.002, "token_seconds": 3e-8}
+    assert _planner_costs_from_metrics(metrics) == {"call_seconds": 0.002, "token_seconds": 3e-8,
+                                                    "attention_scale": None}
     assert _planner_costs_from_metrics({}) is None
 
 

@@ -215,7 +215,7 @@ def format_table(report: dict[str, Any]) -> str:
     for row in report["results"]:
         if row.get("sim_profile") and row["run"] in ("ceiling", "e2e") and not row.get("error"):
             costs = row.get("planner_cost")
-            fitted = ", ".join(f"{k}={v:.4g}" for k, v in costs.items()) if costs else "not reported"
+            fitted = ", ".join(f"{k}={fmt(v, '.4g')}" for k, v in costs.items()) if costs else "not reported"
             lines.append(
                 f"sim {row['sim_profile']} ({row['sim_ns_per_token']:g} ns/token + {row['sim_ms_per_call']:g} ms/call) "
                 f"{row['run']} {row['workload']}: {fmt(row.get('events_per_s'), ',.1f')} ev/s, device busy "

@@ -127,16 +127,17 @@ def _padding_from_metrics(m: dict[str, float]) -> Optional[float]:
     return round(real / padded, 4) if real and padded else None
 
 
-def _planner_costs_from_metrics(m: dict[str, float]) -> Optional[dict[str, float]]:
+def _planner_costs_from_metrics(m: dict[str, float]) -> Optional[dict[str, Optional[float]]]:
     """The ``sentiment_worker_planner_cost{term=...}`` gauges (the planner's fitted cost model), when present."""
+    import math
     import re
 
-    costs = {}
+    costs: dict[str, Optional[float]] = {}
     for key, value in m.items():
         if key.startswith("sentiment_worker_planner_cost{"):
             term = re.search(r'term="([^"]+)"', key)
-            if term:
-                costs[term.group(1)] = value
+            if term:  # inf (attention_scale with no attention term) is no JSON number
+                costs[term.group(1)] = value if math.isfinite(value) else None
     return costs or None
 
 
