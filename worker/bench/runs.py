@@ -297,6 +297,13 @@ class Bench:
         busy = metrics.get("sentiment_worker_model_busy_seconds_total")
         row["model_busy_s"] = None if busy is None else round(busy - busy_before, 3)
         row["planner_cost"] = _planner_costs_from_metrics(metrics)
+        # Where the batcher ended (LATENCY_TARGET_MS moves them) and how many batches it cut.
+        limit = metrics.get("sentiment_worker_batch_limit_events")
+        wait = metrics.get("sentiment_worker_batch_wait_seconds")
+        batches = metrics.get("sentiment_worker_inference_seconds_count")
+        row["batch_limit_events_end"] = None if limit is None else int(limit)
+        row["batch_wait_ms_end"] = None if wait is None else round(wait * 1000, 1)
+        row["batches"] = None if batches is None else int(batches)
         stats = None
         if self.cfg.sim:
             time.sleep(0.35)  # sim_worker writes its device's figures every 0.25 s; the device is idle by now
