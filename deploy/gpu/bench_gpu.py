@@ -162,7 +162,7 @@ def sim_runs(events: int, timeout_s: float, batch: int) -> dict[str, Any]:
         return {"skipped": f"the simulated-device runs failed: {proc.stderr[-800:]}"}
     report = json.loads((out / "bench.json").read_text())
     keep = ("events", "events_per_s", "batch_max_size", "sim_ns_per_token", "sim_ms_per_call", "device_busy",
-            "device_busy_source", "padding_efficiency", "planner_cost", "cpu_us_per_event", "error")
+            "padding_efficiency", "planner_cost", "cpu_us_per_event", "error")
     rows = {(row.get("sim_profile") or row["run"]): {k: row.get(k) for k in keep} for row in report["results"]}
     ratios = report["ratios"]
     return rows | {"fast_e2e_vs_noop": ratios.get("sim_fast_e2e_vs_noop_short"),

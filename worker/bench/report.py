@@ -219,9 +219,8 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(
                 f"sim {row['sim_profile']} ({row['sim_ns_per_token']:g} ns/token + {row['sim_ms_per_call']:g} ms/call) "
                 f"{row['run']} {row['workload']}: {fmt(row.get('events_per_s'), ',.1f')} ev/s, device busy "
-                f"{fmt(row.get('device_busy'), '.3f')}" + (f" ({row['device_busy_source']})" if row.get("device_busy_source") else "")
+                f"{fmt(row.get('device_busy'), '.3f')}"
                 + f", padding eff {fmt(row.get('padding_efficiency'), '.3f')}"
-                + (f", calls {row['sim_calls']}" if row.get("sim_calls") else "")
                 + ("" if row["run"] == "ceiling" else f"; planner: {fitted}")
             )
     fixed, adaptive = sweep_rows(report["results"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 import time
@@ -120,8 +121,7 @@ def ceiling(argv: list[str]) -> None:
     times: list[float] = []
     real = padded = 0
     for _ in range(max(1, args.passes)):
-        times_now, real, padded = [], 0, 0
-        busy_before = sim.busy_s if sim is not None else 0.0
+        times_now, real, padded, busy = [], 0, 0, 0.0
         t_all = time.perf_counter()
         for encoded in batches:
             t0 = time.perf_counter()
@@ -129,12 +129,13 @@ def ceiling(argv: list[str]) -> None:
             times_now.append(time.perf_counter() - t0)
             real += report.real_tokens
             padded += report.padded_tokens
+            busy += report.forward_s
         if engine.info.device.startswith("cuda"):
             import torch
 
             torch.cuda.synchronize()
         pass_seconds.append(time.perf_counter() - t_all)
-        pass_busy.append((sim.busy_s if sim is not None else 0.0) - busy_before)
+        pass_busy.append(busy)
         if pass_seconds[-1] == min(pass_seconds):
             times = times_now
     total = min(pass_seconds)
@@ -153,11 +154,24 @@ def ceiling(argv: list[str]) -> None:
         "single_infer_p50_ms": rounded((percentile(single, 50) or 0) * 1000),
         "single_infer_p99_ms": rounded((percentile(single, 99) or 0) * 1000),
         "padding_efficiency": round(real / padded, 4) if padded else None,
-        "device_busy": round(pass_busy[pass_seconds.index(total)] / total, 4) if sim is not None else None,
+        "device_busy": round(pass_busy[pass_seconds.index(total)] / total, 4),
+        "planner_cost": planner_cost(engine.costs.current),
         "peak_rss_mib": self_peak_rss_mib(),
         "attention": engine.info.attention,
         "allocator": allocator,
     }))
+
+
+def planner_cost(fit: Any) -> dict[str, Optional[float]]:
+    """The planner's cost model, named as the worker's ``sentiment_worker_planner_cost`` gauges (inf: null)."""
+    terms = {
+        "call_seconds": fit.call_s,
+        "token_seconds": fit.token_s,
+        "token_position_seconds": fit.token_position_s,
+        "call_overhead_tokens": fit.call_overhead_tokens,
+        "attention_scale": fit.attention_scale,
+    }
+    return {name: value if math.isfinite(value) else None for name, value in terms.items()}
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -264,7 +278,7 @@ def noop_worker(argv: list[str]) -> None:
         def forward(*, input_ids: torch.Tensor, **_: Any) -> Any:
             return _Out(torch.zeros((input_ids.shape[0], labels)))
 
-        return engine.with_forward(forward)
+        return engine.with_forward(forward, learn_costs=False)  # a free model: nothing to learn; plan as before
 
     child = [sys.executable, "-m", "worker.bench.roles", "noop_worker"]
     sys.exit(main(Settings(), engine_factory=noop_engine, child_argv=child))
@@ -279,20 +293,13 @@ def sim_worker(argv: list[str]) -> None:
     Everything runs for real (Kafka, decoding, the tokenizer, the plan, padding, outputs,
     publishing, commits); the forward pass is a :class:`SimulatedDevice` that sleeps as
     long as a device of the speed in ``SIM_NS_PER_TOKEN`` / ``SIM_MS_PER_CALL`` (read only
-    here, not worker settings) would take, and returns zeros. The device's own busy
-    seconds after warm-up (and its call count) are written to
-    ``$SIM_STATS_DIR/sim-<pid>.json`` every 0.25 s and at exit, a check of the worker's
-    ``sentiment_worker_model_busy_seconds_total``.
+    here, not worker settings) would take, and returns zeros. The device's busy time is
+    the worker's own ``sentiment_worker_model_busy_seconds_total``.
     """
-    import atexit
-    import threading
-
     from worker.model.engine import SentimentEngine
     from worker.model.simulated import SimulatedDevice
     from worker.service import main
     from worker.settings import Settings
-
-    stats_dir = os.environ.get("SIM_STATS_DIR")
 
     def sim_engine(settings: Settings) -> SentimentEngine:
         engine = SentimentEngine.from_settings(settings)
@@ -302,34 +309,7 @@ def sim_worker(argv: list[str]) -> None:
             ns_per_token=float(os.environ.get("SIM_NS_PER_TOKEN", "30")),
             ns_per_token_position=float(os.environ.get("SIM_NS_PER_TOKEN_POSITION", "0")),
         )
-        engine = engine.with_forward(device)
-        warmed = [0.0, 0]  # busy seconds and calls of the warm-up, not counted
-
-        def warmup() -> None:
-            type(engine).warmup(engine)
-            with device._lock:
-                warmed[:] = [device.busy_s, device.calls]
-
-        engine.warmup = warmup  # type: ignore[method-assign]
-        if stats_dir:
-            path = Path(stats_dir) / f"sim-{os.getpid()}.json"
-
-            def write() -> None:
-                with device._lock:
-                    doc = {"busy_s": device.busy_s - warmed[0], "calls": device.calls - warmed[1]}
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(doc))
-                tmp.replace(path)
-
-            def loop() -> None:
-                while True:
-                    time.sleep(0.25)
-                    write()
-
-            Path(stats_dir).mkdir(parents=True, exist_ok=True)
-            threading.Thread(target=loop, name="sim-stats", daemon=True).start()
-            atexit.register(write)
-        return engine
+        return engine.with_forward(device)
 
     child = [sys.executable, "-m", "worker.bench.roles", "sim_worker"]
     sys.exit(main(Settings(), engine_factory=sim_engine, child_argv=child))

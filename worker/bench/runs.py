@@ -141,21 +141,6 @@ def _planner_costs_from_metrics(m: dict[str, float]) -> Optional[dict[str, Optio
     return costs or None
 
 
-def _read_sim_stats(directory: Path) -> Optional[dict[str, float]]:
-    """The simulated devices' own busy seconds and calls (``sim_worker`` writes them per process)."""
-    busy = calls = 0.0
-    found = False
-    for path in directory.glob("sim-*.json"):
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        busy += doc.get("busy_s", 0.0)
-        calls += doc.get("calls", 0)
-        found = True
-    return {"busy_s": busy, "calls": calls} if found else None
-
-
 def _infer_mean_from_metrics(m: dict[str, float]) -> Optional[float]:
     total = m.get("sentiment_worker_inference_seconds_sum")
     count = m.get("sentiment_worker_inference_seconds_count")
@@ -262,7 +247,7 @@ class Bench:
         sim_env: dict[str, Any] = {}
         if sim:
             ns, ms = self.cfg.sim_speed(profile or self.cfg.sim_profiles[0])
-            sim_env = {"SIM_NS_PER_TOKEN": ns, "SIM_MS_PER_CALL": ms, "SIM_STATS_DIR": self._sim_dir(group)}
+            sim_env = {"SIM_NS_PER_TOKEN": ns, "SIM_MS_PER_CALL": ms}
         env = child_env(
             KAFKA_BOOTSTRAP_SERVERS=self.bootstrap, INPUT_TOPIC=topic_in, OUTPUT_TOPIC=topic_out, GROUP_ID=group,
             MODEL=str(self.cfg.model), DEVICE=self.cfg.worker_device, PRECISION=precision, BATCH_MAX_SIZE=batch_max_size,
@@ -280,9 +265,6 @@ class Bench:
             module = ["-m", "worker", "run"]
         return WorkerProcess([sys.executable, *module], env, log_path=self.cfg.work / f"worker-{label}-{group}.log")
 
-    def _sim_dir(self, group: str) -> Path:
-        return self.cfg.work / f"sim-{group}"
-
     def _sim_fields(self, profile: Optional[str]) -> dict[str, Any]:
         if not self.cfg.sim:
             return {}
@@ -291,7 +273,7 @@ class Bench:
         return {"device": "sim", "sim_profile": profile, "sim_ns_per_token": ns, "sim_ms_per_call": ms}
 
     def _device_figures(self, row: dict[str, Any], metrics: dict[str, float], group: str, processes: int = 1,
-                        busy_before: float = 0.0, sim_before: float = 0.0) -> None:
+                        busy_before: float = 0.0) -> None:
         """device_busy (Δ model busy seconds / the run's seconds, per process) and the planner's costs."""
         seconds = row.get("seconds")
         busy = metrics.get("sentiment_worker_model_busy_seconds_total")
@@ -304,22 +286,7 @@ class Bench:
         row["batch_limit_events_end"] = None if limit is None else int(limit)
         row["batch_wait_ms_end"] = None if wait is None else round(wait * 1000, 1)
         row["batches"] = None if batches is None else int(batches)
-        stats = None
-        if self.cfg.sim:
-            time.sleep(0.35)  # sim_worker writes its device's figures every 0.25 s; the device is idle by now
-            stats = _read_sim_stats(self._sim_dir(group))
-        sim_busy = None if stats is None else stats["busy_s"] - sim_before
-        row["sim_device_busy"] = round(sim_busy / seconds / processes, 4) if sim_busy is not None and seconds else None
-        row["sim_calls"] = None if stats is None else int(stats["calls"])
-        if row["model_busy_s"] and seconds:
-            row["device_busy"] = round(row["model_busy_s"] / seconds / processes, 4)
-            row["device_busy_source"] = "sentiment_worker_model_busy_seconds_total"
-        elif row["sim_device_busy"] is not None:
-            # The engine does not report its busy time (yet): the simulated device's own count.
-            row["device_busy"] = row["sim_device_busy"]
-            row["device_busy_source"] = "simulated device"
-        else:
-            row["device_busy"] = None
+        row["device_busy"] = round(row["model_busy_s"] / seconds / processes, 4) if row["model_busy_s"] and seconds else None
 
     def e2e(self, workload: str, precision: str, *, noop: bool = False, partitions: Optional[int] = None,
             guarantee: str = "at_least_once", processes: int = 1, tracing: bool = False, profile: Optional[str] = None,
@@ -357,11 +324,9 @@ class Bench:
             worker.wait_ready()
             cpu_before = worker.cpu_seconds() or 0.0
             # With pre-loaded input the work starts at the assignment, before /ready: count from zero.
-            busy_before = sim_before = 0.0
+            busy_before = 0.0
             if live:
                 busy_before = worker.metrics().get("sentiment_worker_model_busy_seconds_total", 0.0)
-                stats = _read_sim_stats(self._sim_dir(group)) if self.cfg.sim else None
-                sim_before = stats["busy_s"] if stats else 0.0
             start = time.time()
             if live:
                 asyncio.run(produce_texts(self.bootstrap, topic_in, make_texts(workload, n), prefix=workload))
@@ -377,7 +342,7 @@ class Bench:
             mean_infer = _infer_mean_from_metrics(metrics)
             row["mean_batch_infer_ms"] = round(mean_infer * 1000, 1) if mean_infer else None
             if not noop:
-                self._device_figures(row, metrics, group, processes, busy_before, sim_before)
+                self._device_figures(row, metrics, group, processes, busy_before)
         except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
             row["error"] = f"{exc}"[-2000:]
         finally:

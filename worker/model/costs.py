@@ -19,9 +19,11 @@ A batch's time is linear in the three terms summed over its calls
 observation whatever its plan, and the device is synchronised once per batch,
 not per call. The fit is a non-negative least squares over relative errors
 (a 2 ms probe counts as much as a 2 s batch), over the warm-up probes (kept:
-they vary the shapes that real traffic may not) and the most recent batches
-(so it follows a device that slows down or speeds up). Pure logic: numpy
-only, no clock, no torch.
+they vary the shapes that real traffic may not; scaled by how much faster or
+slower recent batches ran than the probes predict) and the most recent
+batches (so it follows a device that slows down or speeds up); a refit that
+contradicts the probes' shapes (it would judge a small call and a large one
+by different clocks) is refused. Pure logic: numpy only, no clock, no torch.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import numpy as np
 
@@ -47,9 +50,12 @@ PRIORS = {
 RECENT_BATCHES = 256
 # A relative miss beyond this (and beyond 3x the median miss) marks an observation as disturbed.
 OUTLIER_MISS = 0.25
+OUTLIER_SHARE = 0.1  # at most this share of the observations is dropped as disturbed
 PROBE_REPEATS = 3
 # With this many recent batches or fewer, a probe weighs as much as a batch; with more, less in proportion.
 PROBE_WEIGHT_BATCHES = 4
+# A refit that predicts one probe shape this many times more generously than another is refused.
+MAX_PROBE_DISTORTION = 2.0
 REFIT_EVERY = 8
 # Probe shapes (rows, width), cheapest first, up to the default token budget: on a fast device
 # a token costs so little against a call that only large calls show it. The warm-up stops
@@ -96,6 +102,8 @@ class CostLearner:
         self._refit_every = refit_every
         self._since_fit = 0
         self._current = prior
+        self.rejected = 0  # refits refused for contradicting the probes
+        self._shape_fit: Optional[CostFit] = None
 
     @property
     def current(self) -> CostFit:
@@ -105,6 +113,13 @@ class CostLearner:
     def probe(self, observation: Observation) -> None:
         """A warm-up call: kept for good, it anchors the terms real traffic may not vary."""
         self._probes.append(observation)
+
+    def _shape(self) -> Optional[CostFit]:
+        """The fit of the probes alone: the shape of this device's costs, as measured at warm-up."""
+        if self._shape_fit is None or self._shape_fit.observations != len(self._probes):
+            fitted = fit_costs(self._probes)
+            self._shape_fit = None if fitted is None else CostFit(*fitted, "probe", len(self._probes))
+        return self._shape_fit
 
     def observe(self, observation: Observation) -> CostFit:
         """A timed batch of real traffic; refits every few batches. Returns the cost model now in use."""
@@ -118,15 +133,28 @@ class CostLearner:
     def refit(self) -> CostFit:
         """Fit the terms to every observation kept; the previous model stays if they can't tell the terms apart."""
         self._since_fit = 0
-        observations = [*self._probes, *self._recent]
-        # The probes vary the shapes; recent batches say how fast the device is now. As batches
-        # come in, the probes weigh less, so the fit follows a device that slows down.
+        shape = self._shape()
+        probes = self._probes
+        if shape is not None and self._recent:
+            # The probes say how cost splits between the terms; recent batches how fast the device
+            # is now. Scaled to today's speed, the probes agree with a device that slowed down as a
+            # whole, and still tell the terms apart where recent batches are all alike.
+            now = sorted(o.seconds / shape.seconds_of(o) for o in self._recent if shape.seconds_of(o) > 0)
+            if now:
+                speed = now[len(now) // 2]
+                probes = [replace(o, seconds=o.seconds * speed) for o in probes]
+        observations = [*probes, *self._recent]
+        # As batches come in, the probes weigh less: the fit is of the traffic the worker has.
         probe_weight = min(1.0, PROBE_WEIGHT_BATCHES / max(1, len(self._recent)))
-        weights = [probe_weight] * len(self._probes) + [1.0] * len(self._recent)
+        weights = [probe_weight] * len(probes) + [1.0] * len(self._recent)
         fitted = fit_costs(observations, weights)
-        if fitted is not None:
-            source = "fit" if self._recent else "probe"
-            self._current = CostFit(fitted[0], fitted[1], fitted[2], source, len(observations))
+        if fitted is None:
+            return self._current
+        candidate = CostFit(fitted[0], fitted[1], fitted[2], "fit" if self._recent else "probe", len(observations))
+        if self._recent and distortion(candidate, self._shape(), self._probes) > MAX_PROBE_DISTORTION:
+            self.rejected += 1  # it would misjudge shapes that were measured: keep what was believed
+            return self._current
+        self._current = candidate
         return self._current
 
 
@@ -139,7 +167,8 @@ def fit_costs(
     terms is solved unconstrained, and the best solution that has no negative
     term wins; the per-token term is always in it. Observations the first fit
     misses by far more than the rest (a call that waited for a busy CPU, a
-    garbage collection) are dropped and the fit made again. None when the
+    garbage collection; at most a tenth of them, so that a change of regime is
+    never dropped as noise) are dropped and the fit made again. None when the
     observations can't determine a positive per-token cost (too few, or all
     of one shape).
     """
@@ -153,6 +182,8 @@ def fit_costs(
         return None
     misses = np.abs(features @ first / seconds - 1.0)
     keep = misses <= max(OUTLIER_MISS, 3.0 * float(np.median(misses)))
+    worst = np.argsort(misses)[::-1][: max(1, int(len(misses) * OUTLIER_SHARE))]
+    keep |= ~np.isin(np.arange(len(misses)), worst)  # a few stray observations, never a new regime
     if not keep.all():
         second = _nnls_relative(features[keep], seconds[keep], weight[keep])
         if second is not None:
@@ -191,6 +222,25 @@ def _nnls_relative(features: np.ndarray, seconds: np.ndarray, weight: np.ndarray
                 full[list(terms)] = solution
                 best = (residual, full)
     return None if best is None else best[1] / scale
+
+
+def distortion(fit: CostFit, shape: Optional[CostFit], probes: Sequence[Observation]) -> float:
+    """How unevenly ``fit`` judges the probed shapes against ``shape`` (the probes' own fit): the
+    largest over the smallest ratio of their predictions.
+
+    A device that slows down or speeds up as a whole moves every ratio alike
+    (distortion 1); a fit that puts a call's cost into the wrong term (recent
+    batches that can't tell the terms apart, or whose time has little to do
+    with the device) misjudges small and large calls differently.
+    """
+    if shape is None:
+        return 1.0
+    ratios = [
+        fit.seconds_of(o) / shape.seconds_of(o) for o in probes if shape.seconds_of(o) > 0
+    ]
+    if not ratios:
+        return 1.0
+    return max(ratios) / min(ratios) if min(ratios) > 0 else float("inf")
 
 
 def planned_cost(fit: CostFit, shapes: Iterable[tuple[int, int]]) -> float:

@@ -8,7 +8,7 @@ libraries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,14 @@ class BatchReport:
 EMPTY_REPORT = BatchReport(0, 0, 0, 0)
 
 
+class CallTerms(Protocol):
+    """A batch's calls summed into the cost model's terms (``worker.model.costs.Observation``)."""
+
+    calls: int
+    tokens: int
+    token_positions: int
+
+
 @dataclass(frozen=True, slots=True)
 class CostFit:
     """What a model call costs on this model, device and precision, in seconds:
@@ -68,6 +76,10 @@ class CostFit:
     def attention_scale(self) -> float:
         """The width at which attention costs as much per token as the rest (inf: no attention term seen)."""
         return self.token_s / self.token_position_s if self.token_position_s > 0 else float("inf")
+
+    def seconds_of(self, calls: "CallTerms") -> float:
+        """The predicted time of a batch whose calls sum to these terms."""
+        return self.call_s * calls.calls + self.token_s * calls.tokens + self.token_position_s * calls.token_positions
 
     def seconds(self, rows: int, width: int) -> float:
         """The predicted time of one call of ``rows`` x ``width``."""
