@@ -15,7 +15,9 @@ import pytest
 from aiokafka import TopicPartition
 
 from worker.pipeline.batcher import Batcher, Cut
-from worker.pipeline.pacing import MIN_WAIT_S, SHRINK_AFTER, START_SIZE, WAIT_SHARE, Limits, Pacer, Pacing, p99
+from worker.pipeline.pacing import MIN_WAIT_S, SHRINK_AFTER, WAIT_SHARE, Limits, Pacer, Pacing, p99
+
+SMALL = 16  # a batch size that carries little per batch
 
 TP = TopicPartition("in", 0)
 PENDING = 5  # batches in the pipeline at most (submitted, scoring or publishing)
@@ -180,13 +182,14 @@ def test_at_saturation_it_converges_to_large_batches_and_near_the_best_fixed_siz
     assert run.p99(10) <= target_s
     best = best_fixed(rates, 20, target_s, [8, 16, 32, 64, 128, 256, 512])
     assert run.throughput(10, 20) >= 0.95 * best
-    assert run.mean_size(10, 20) >= 2 * START_SIZE
+    assert run.mean_size(10, 20) >= 2 * SMALL
     assert [at for at, _ in run.limits if at > 5] == [], "settled: no oscillation"
 
 
-def test_with_a_lax_target_it_grows_to_the_configured_size() -> None:
+def test_with_a_lax_target_it_keeps_the_configured_size() -> None:
     run = simulate(Rates([(0, SATURATED)]), 20, max_size=256, target_s=5.0)
-    assert run.limits[-1][1].size == 256
+    assert run.limits == [], "it starts at the most allowed and has no reason to leave it"
+    assert max(limit for *_, limit in run.stored) == 256
     assert all(1 <= limit <= 256 for *_, limit in run.stored)
 
 
@@ -200,7 +203,7 @@ def test_after_the_rate_rises_it_grows_within_a_few_hundred_batches() -> None:
     settled = run.stored[run.batches_until(10) + 300][1]
     assert settled < 30
     assert run.p99(settled) <= 0.1
-    assert run.mean_size(settled, 30) >= 2 * START_SIZE
+    assert run.mean_size(settled, 30) >= 2 * SMALL
 
 
 def test_after_the_rate_falls_the_latency_stays_within_the_target() -> None:
@@ -254,7 +257,7 @@ def test_limits_stay_within_the_configured_bounds(max_size: int, max_wait_s: flo
 def test_batches_cut_before_a_change_are_not_judged_by_the_new_limits() -> None:
     pacer = Pacer(0.1, 512, 0.05)
     change = pacer.observe(0.0, 0.5, True)  # over twice the target: believed at once
-    assert change is not None and change.size < START_SIZE
+    assert change is not None and change.size < 512
     shrunk = pacer.limits
     for k in range(10):  # the rest of what was in flight: fetched before the change, as slow
         assert pacer.observe(0.01 * k, 0.6 + 0.01 * k, True) is None
@@ -310,11 +313,11 @@ def test_the_setting_reaches_the_batcher_and_the_gauges() -> None:
         Settings(batch_max_size=256, batch_max_wait_ms=40, latency_target_ms=100), lambda *a: seen.append(a)
     )
     assert pacing is not None and pacing.pacer.target_s == 0.1
-    assert (batcher.max_size, batcher.max_wait_s) == (START_SIZE, WAIT_SHARE * 0.1)  # a quarter of the target
-    assert seen == [(START_SIZE, WAIT_SHARE * 0.1, None)]
+    assert (batcher.max_size, batcher.max_wait_s) == (256, WAIT_SHARE * 0.1)  # the most allowed; a quarter of the target
+    assert seen == [(256, WAIT_SHARE * 0.1, None)]
     for k in range(SHRINK_AFTER):  # stored batches far over the target
         pacing.stored(Cut([], {}, fetched_at=float(k), full=True), now=k + 0.3)
-    assert batcher.max_size < START_SIZE and batcher.max_wait_s < WAIT_SHARE * 0.1
+    assert batcher.max_size < 256 and batcher.max_wait_s < WAIT_SHARE * 0.1
     size, wait_s, p99_s = seen[-1]
     assert (size, wait_s) == (batcher.max_size, batcher.max_wait_s) and p99_s == pytest.approx(0.3)
 

@@ -35,7 +35,6 @@ from worker.pipeline.batcher import Batcher, Cut
 
 WAIT_SHARE = 0.25  # the longest wait, as a share of the target
 MIN_WAIT_S = 0.001
-START_SIZE = 16
 GROW_BELOW = 0.8  # p99 under this share of the target, with batches cut full: grow
 AIM = 0.9  # proportional steps aim at this share of the target
 MAX_GROWTH = 2.0
@@ -67,7 +66,10 @@ class Pacer:
         self.max_size = max_size
         self.min_wait_s = min(MIN_WAIT_S, max_wait_s)
         self.max_wait_s = max(self.min_wait_s, min(max_wait_s, WAIT_SHARE * target_s))
-        self.limits = Limits(min(max_size, START_SIZE), self.max_wait_s)
+        # Start at the most the settings allow: at saturation that is usually where it ends (a slow
+        # start costs throughput for hundreds of batches), and a size over the target shrinks within
+        # a few batches, at once when one batch takes over twice the target.
+        self.limits = Limits(max_size, self.max_wait_s)
         self.p99_s: Optional[float] = None  # of the batches judged last
         self._window: deque[tuple[float, bool]] = deque(maxlen=WINDOW)  # (latency, cut full)
         self._changed_at = -math.inf
