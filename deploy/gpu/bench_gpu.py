@@ -116,6 +116,18 @@ def kafka_missing() -> Optional[str]:
     return None
 
 
+def _bench(cmd: list[str], out: Path, timeout_s: float, what: str) -> dict[str, Any]:
+    """Run a ``sentiment-worker bench`` command; its bench.json, or why there is none (``skipped``)."""
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"{what} took longer than {timeout_s:.0f}s"}
+    if proc.returncode != 0:
+        return {"skipped": f"{what} failed: {proc.stderr[-800:]}"}
+    return json.loads((out / "bench.json").read_text())
+
+
 def kafka_runs(events: int, timeout_s: float, device: torch.device, precision: str, batch: int) -> dict[str, Any]:
     """``sentiment-worker bench --runs e2e,noop,limit``: the worker through Kafka with the model (e2e),
     without it (noop), and the plain aiokafka loop (limit), at large batches, on this device."""
@@ -129,14 +141,9 @@ def kafka_runs(events: int, timeout_s: float, device: torch.device, precision: s
            "--precisions", precision, "--out", str(out)]
     if device.type != "cuda":
         cmd += ["--model-size", "tiny"]
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
-    except subprocess.TimeoutExpired:
-        return {"skipped": f"the Kafka runs took longer than {timeout_s:.0f}s"}
-    if proc.returncode != 0:
-        return {"skipped": f"the Kafka runs failed: {proc.stderr[-800:]}"}
-    report = json.loads((out / "bench.json").read_text())
+    report = _bench(cmd, out, timeout_s, "the Kafka runs")
+    if "skipped" in report:
+        return report
     keep = ("events", "events_per_s", "batch_max_size", "p50_ms", "p99_ms", "peak_rss_mib", "cpu_us_per_event", "error")
     return {row["run"]: {k: row.get(k) for k in keep} for row in report["results"]} | {"precision": precision}
 
@@ -153,14 +160,9 @@ def sim_runs(events: int, timeout_s: float, batch: int) -> dict[str, Any]:
            "--runs", "e2e,noop", "--workloads", "short", "--events", str(events), "--noop-events", str(events),
            "--batch-max-size", str(batch), "--noop-batch-size", str(batch), "--max-batch-tokens", "65536",
            "--out", str(out)]
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
-    except subprocess.TimeoutExpired:
-        return {"skipped": f"the simulated-device runs took longer than {timeout_s:.0f}s"}
-    if proc.returncode != 0:
-        return {"skipped": f"the simulated-device runs failed: {proc.stderr[-800:]}"}
-    report = json.loads((out / "bench.json").read_text())
+    report = _bench(cmd, out, timeout_s, "the simulated-device runs")
+    if "skipped" in report:
+        return report
     keep = ("events", "events_per_s", "batch_max_size", "sim_ns_per_token", "sim_ms_per_call", "device_busy",
             "padding_efficiency", "planner_cost", "cpu_us_per_event", "error")
     rows = {(row.get("sim_profile") or row["run"]): {k: row.get(k) for k in keep} for row in report["results"]}
