@@ -8,8 +8,10 @@ the README, not measured here.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ import torch
 from worker.model.batching import padding_efficiency, plan_sub_batches
 from worker.model.engine import ModelLoadError, SentimentEngine
 from worker.model.loading import resolve_precision
+from worker.model.shapes import bucket, bucket_rows, bucket_width
 from worker.settings import Settings
 
 SHORT = ["what a lovely film", "terrible service, never again", "ok"]
@@ -126,13 +129,61 @@ def test_from_settings_maps_the_kernel_settings(tiny_model: Path) -> None:
     torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
 
 
-def test_torch_compile_scores_like_eager(tiny_model: Path, fp32: SentimentEngine) -> None:
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_torch_compile_scores_like_eager(tiny_model: Path, fp32: SentimentEngine, mode: str) -> None:
     pytest.importorskip("torch._inductor")
-    engine = SentimentEngine.load(str(tiny_model), device="cpu", compile=True)
-    assert engine.info.compiled
+    engine = SentimentEngine.load(str(tiny_model), device="cpu", compile=True, compile_mode=mode)
+    assert (engine.info.compiled, engine.info.compile_mode, engine.graph_shapes) == (True, mode, mode != "default")
     engine.warmup()
-    for got, want in zip(_scores(engine.predict(SHORT)), _scores(fp32.predict(SHORT)), strict=True):
+    for got, want in zip(_scores(engine.predict(SHORT + [LONG])), _scores(fp32.predict(SHORT + [LONG])), strict=True):
         assert abs(got - want) < 1e-4
+
+
+def test_an_unknown_compile_mode_is_refused(tiny_model: Path) -> None:
+    with pytest.raises(ModelLoadError, match="COMPILE_MODE='max-autotune'"):
+        SentimentEngine.load(str(tiny_model), device="cpu", compile=True, compile_mode="max-autotune")
+
+
+# ------------------------------------------------------------------ graph shapes
+
+
+def test_buckets_are_powers_of_two_and_their_midpoints() -> None:
+    assert [bucket(n) for n in range(1, 18)] == [1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16, 16, 16, 16, 24]
+    for n in range(1, 2049):
+        assert n <= bucket(n) < max(3, n * 1.5)  # under a half more
+    assert len({bucket(n) for n in range(1, 513)}) == 18
+    assert bucket_width(100, max_width=110) == 110  # never past the model's limit
+    assert bucket_width(120, max_width=110) == 120  # (a row is never cut)
+    assert bucket_rows(5, width=64, max_rows=64, max_tokens=16384) == 6
+    assert bucket_rows(5, width=64, max_rows=5, max_tokens=16384) == 5  # within the row budget
+    assert bucket_rows(9, width=100, max_rows=64, max_tokens=1000) == 10  # within the token budget
+
+
+def test_with_graph_shapes_every_call_takes_a_bucketed_shape_and_scores_are_unchanged(
+    tiny_model: Path, fp32: SentimentEngine
+) -> None:
+    """The captured-graph path without a compiler: shapes come from the series, extra rows are dropped."""
+    seen: list[tuple[int, ...]] = []
+
+    def recording(**inputs: Any) -> Any:
+        seen.append(tuple(inputs["input_ids"].shape))
+        return fp32.model(**inputs)
+
+    graphed = dataclasses.replace(fp32.info, compiled=True, compile_mode="reduce-overhead")
+    engine = SentimentEngine(
+        fp32.model, fp32.tokenizer, graphed, max_length=128, max_batch_tokens=4096, max_batch_rows=64,
+        forward=recording,
+    )
+    assert engine.graph_shapes and not fp32.graph_shapes
+    rng = random.Random(7)
+    texts = [" ".join(rng.choice(["good", "bad", "slow", "film", "service", "price"]) for _ in range(rng.randint(1, 60)))
+             for _ in range(41)]
+    got = engine.infer(engine.encode(texts))
+    want = fp32.infer(fp32.encode(texts))
+    assert seen and all(rows == bucket(rows) and width == min(bucket(width), 128) for rows, width in seen), seen
+    assert got.report.padded_tokens == sum(rows * width for rows, width in seen)
+    assert got.report.real_tokens == want.report.real_tokens
+    assert abs(got.values - want.values).max() < 1e-5
 
 
 # ------------------------------------------------------------------ the planner

@@ -441,7 +441,9 @@ def init_random(
 
 
 @model_app.command("check")
-@with_settings(["model", "model_revision", "device", "precision", "max_length", "attention", "torch_compile"])
+@with_settings(
+    ["model", "model_revision", "device", "precision", "max_length", "attention", "torch_compile", "compile_mode"]
+)
 def check(settings: Settings) -> None:
     """Load the configured model and score two texts: exits non-zero if it can't be loaded."""
     from worker.model.engine import ModelLoadError, SentimentEngine

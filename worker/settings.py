@@ -59,6 +59,13 @@ class Attention(str, Enum):
     eager = "eager"
 
 
+class CompileMode(str, Enum):
+    """torch.compile's mode (TORCH_COMPILE=true)."""
+
+    default = "default"
+    reduce_overhead = "reduce-overhead"  # CUDA graphs on a GPU; model calls take shapes from a short series
+
+
 class LongText(str, Enum):
     truncate = "truncate"  # score the first MAX_LENGTH tokens (output truncated=true)
     windows = "windows"  # score overlapping windows and average their probabilities
@@ -328,6 +335,11 @@ class Settings(BaseSettings):
         "they use WEB_PORT+1..N on 127.0.0.1, the parent serves WEB_PORT.",
     )
     torch_compile: bool = Field(False, description="Compile the model with torch.compile (slower start).")
+    compile_mode: CompileMode = Field(
+        CompileMode.default,
+        description="torch.compile mode with TORCH_COMPILE=true: default, or reduce-overhead (CUDA graphs: "
+        "call shapes rounded up to a short series so each is captured once).",
+    )
     long_text: LongText = Field(
         LongText.truncate, description="truncate: score the first MAX_LENGTH tokens; windows: average overlapping windows."
     )

@@ -25,6 +25,7 @@ from worker.model.batching import SubBatch, plan_sub_batches
 from worker.model.costs import PROBE_REPEATS, PROBE_SHAPES, CostLearner, Observation, prior_for
 from worker.model.loading import Head, ModelInfo, ModelLoadError, load_pretrained
 from worker.model.report import BatchReport, CostFit
+from worker.model.shapes import bucket_rows, bucket_width
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -150,6 +151,8 @@ class SentimentEngine:
         self.costs = costs if costs is not None else CostLearner(prior_for(self._device.type))
         self.learn_costs = learn_costs
         self._pinned = self._device.type == "cuda"  # page-locked inputs: the copy to the device runs async
+        # Captured graphs replay fixed shapes: calls then take their rows and width from a short series.
+        self.graph_shapes = info.compiled and info.compile_mode == "reduce-overhead"
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._rust = _batch_tokenizer(tokenizer, max_length, self.window_stride if self.long_text == "windows" else 0)
         # BERT-style models embed a segment id per token; single texts are segment 0 throughout,
@@ -172,6 +175,7 @@ class SentimentEngine:
             threads=settings.torch_threads,
             attention=settings.attention.value,
             compile=settings.torch_compile,
+            compile_mode=settings.compile_mode.value,
             long_text=settings.long_text.value,
             window_stride=settings.window_stride,
         )
@@ -190,6 +194,7 @@ class SentimentEngine:
         threads: Optional[int] = None,
         attention: str = "auto",
         compile: bool = False,
+        compile_mode: str = "default",
         long_text: str = "truncate",
         window_stride: int = 128,
     ) -> "SentimentEngine":
@@ -203,6 +208,7 @@ class SentimentEngine:
             threads=threads,
             attention=attention,
             compile=compile,
+            compile_mode=compile_mode,
             long_text=long_text,
         )
         return cls(
@@ -297,10 +303,13 @@ class SentimentEngine:
         return f"{info.name}@{info.revision or 'local'}/{info.device}/{info.precision}"
 
     def plan(self, encoded: Encoded) -> list[SubBatch]:
-        """The model calls of a batch, cut under the cost model learnt so far."""
+        """The model calls of a batch, cut under the cost model learnt so far (on bucketed widths with graphs)."""
         fit = self.costs.current
+        lengths = encoded.lengths
+        if self.graph_shapes:
+            lengths = [bucket_width(length, self.max_length) for length in lengths]
         return plan_sub_batches(
-            encoded.lengths,
+            lengths,
             max_tokens=self.max_batch_tokens,
             max_rows=self.max_batch_rows,
             call_overhead=min(fit.call_overhead_tokens, MAX_CALL_OVERHEAD_TOKENS),
@@ -328,18 +337,28 @@ class SentimentEngine:
         lengths = encoded.lengths
         plan = self.plan(encoded)
         out, forward_s = self._run_calls(encoded.input_ids, encoded.type_ids, plan)
+        shapes = self.call_shapes(plan)
         costs: Optional[CostFit] = None
         if plan and self.learn_costs:
-            costs = self.costs.observe(Observation.of_calls(((len(s.indices), s.width) for s in plan), forward_s))
+            costs = self.costs.observe(Observation.of_calls(shapes, forward_s))
         report = BatchReport(
             rows=len(lengths),
             real_tokens=sum(lengths),
-            padded_tokens=sum(sub.padded_tokens for sub in plan),
+            padded_tokens=sum(rows * width for rows, width in shapes),
             model_calls=len(plan),
             forward_s=forward_s,
             costs=costs,
         )
         return out, report
+
+    def call_shapes(self, plan: Sequence[SubBatch]) -> list[tuple[int, int]]:
+        """The (rows, width) each call of a plan runs at: with graphs, the rows are bucketed too."""
+        if not self.graph_shapes:
+            return [(len(sub.indices), sub.width) for sub in plan]
+        return [
+            (bucket_rows(len(sub.indices), sub.width, self.max_batch_rows, self.max_batch_tokens), sub.width)
+            for sub in plan
+        ]
 
     def _run_calls(
         self, input_ids: Sequence[Sequence[int]], type_ids: Optional[Sequence[Sequence[int]]], plan: Sequence[SubBatch]
@@ -355,16 +374,22 @@ class SentimentEngine:
         if not plan:
             return out, 0.0
         calls = []
-        for sub in plan:
-            type_rows = [type_ids[i] for i in sub.indices] if type_ids is not None else None
-            inputs = self.pad([input_ids[i] for i in sub.indices], sub.width, type_rows)
-            calls.append({name: t.pin_memory() for name, t in inputs.items()} if self._pinned else inputs)
+        for sub, (rows, _) in zip(plan, self.call_shapes(plan)):
+            filler = [sub.indices[0]] * (rows - len(sub.indices))  # graph rows beyond the call's own: dropped
+            chosen = [*sub.indices, *filler]
+            type_rows = [type_ids[i] for i in chosen] if type_ids is not None else None
+            inputs = self.pad([input_ids[i] for i in chosen], sub.width, type_rows)
+            calls.append((len(sub.indices), {name: t.pin_memory() for name, t in inputs.items()} if self._pinned else inputs))
         device = self._device
+        graphs = self.graph_shapes
         on_device = []
         with torch.inference_mode():
             started = time.perf_counter()
-            for inputs in calls:
-                on_device.append(self._forward(**{name: t.to(device, non_blocking=True) for name, t in inputs.items()}).logits)
+            for used, inputs in calls:
+                if graphs:  # a new replay may reuse the last one's output memory: keep a copy of what we need
+                    torch.compiler.cudagraph_mark_step_begin()
+                logits = self._forward(**{name: t.to(device, non_blocking=True) for name, t in inputs.items()}).logits
+                on_device.append(logits[:used].clone() if graphs else logits)
             logits = torch.cat(on_device).float().cpu().numpy()  # the batch's one synchronisation
             forward_s = time.perf_counter() - started
         order = np.fromiter(itertools.chain.from_iterable(sub.indices for sub in plan), dtype=np.int64, count=len(out))

@@ -27,6 +27,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 ATTENTIONS = ("auto", "sdpa", "eager")
+COMPILE_MODES = ("default", "reduce-overhead")
 
 
 class ModelLoadError(RuntimeError):
@@ -51,6 +52,7 @@ class ModelInfo:
     random_weights: bool
     attention: str = "eager"  # the attention kernel transformers uses: sdpa or eager
     compiled: bool = False  # torch.compile'd
+    compile_mode: str = "default"  # torch.compile's mode when compiled: default or reduce-overhead (CUDA graphs)
     long_text: str = "truncate"  # truncate or windows
     head: Head = Head.single_label
 
@@ -166,6 +168,7 @@ def load_pretrained(
     threads: Optional[int] = None,
     attention: str = "auto",
     compile: bool = False,
+    compile_mode: str = "default",
     long_text: str = "truncate",
 ) -> Loaded:
     """Load model and tokenizer from a local directory or the hub (or its cache).
@@ -174,7 +177,8 @@ def load_pretrained(
     int8 (CPU: dynamic quantisation of the Linear layers). ``attention``:
     auto (what transformers picks: SDPA where it supports the model, else
     eager), sdpa or eager. ``compile``: wrap the model in torch.compile
-    (dynamic shapes; the first calls compile, so warm up). ``threads``: CPU
+    (dynamic shapes; the first calls compile, so warm up) in ``compile_mode``
+    (``reduce-overhead`` also captures CUDA graphs on a GPU). ``threads``: CPU
     threads for inference, default the cores this process may use.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -236,9 +240,11 @@ def load_pretrained(
     if precision == "int8":
         model = quantize_int8(model)
     forward = model
+    if compile_mode not in COMPILE_MODES:
+        raise ModelLoadError(f"COMPILE_MODE={compile_mode!r}: must be one of {', '.join(COMPILE_MODES)}")
     if compile:
         try:
-            forward = torch.compile(model, dynamic=True)
+            forward = torch.compile(model, dynamic=True, mode=compile_mode)
         except Exception as exc:  # noqa: BLE001 - backend missing (no compiler, unsupported platform)
             raise ModelLoadError(f"TORCH_COMPILE=true but torch.compile failed: {exc}") from exc
     labels = tuple(str(model.config.id2label[i]) for i in range(model.config.num_labels))
@@ -254,6 +260,7 @@ def load_pretrained(
         random_weights=is_local and (local / RANDOM_WEIGHTS_MARKER).exists(),
         attention=attn_used,
         compiled=bool(compile),
+        compile_mode=compile_mode,
         long_text=long_text,
         head=head_of(model.config),
     )
