@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU benchmark: the engine ceiling (fp16 and bf16, short and mixed workloads) and, where
 # Kafka can run, the framework-overhead (no-op model) run and, beside it, the worker with a
-# simulated device (bench --device sim: fast and slow profiles). Prints a short table last.
+# simulated device (bench --device sim: fast and slow profiles); on CUDA the first precision
+# also with CUDA graphs (COMPILE_MODE=reduce-overhead; --graphs off leaves it out). Prints a
+# short table last.
 #
 # Needs only Python 3.10+ with torch (CUDA build) and transformers for the ceiling; the
 # overhead run also needs this project's dependencies (faust-streaming, aiokafka, ...),

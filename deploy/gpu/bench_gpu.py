@@ -7,7 +7,9 @@ checkpoint's compute) in memory and times ``worker.model.engine.SentimentEngine.
 pre-tokenised batches of synthetic token ids whose lengths follow the bench
 workloads (short: 8-48 tokens; mixed: 80 % short, 20 % 100-512). Several batch
 sizes are tried, since a GPU wants far bigger batches than the CPU default of
-64; the best one is the ceiling. The Kafka runs (``sentiment-worker bench
+64; the best one is the ceiling. On CUDA the first precision is also timed
+with COMPILE_MODE=reduce-overhead (``--graphs``): CUDA graphs over the shapes the
+planner buckets, each captured in the warm-up pass. The Kafka runs (``sentiment-worker bench
 --runs e2e,noop,limit`` at BATCH_MAX_SIZE 512, on this device) show whether one
 worker process feeds that ceiling: e2e / ceiling is the figure; they are skipped
 with a note when the project's dependencies, Java or the Kafka jars are missing.
@@ -44,7 +46,8 @@ from worker.bench.workloads import token_lengths  # noqa: E402
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def build_engine(device: torch.device, precision: str, rows: int, max_tokens: int, quick: bool) -> SentimentEngine:
+def build_engine(device: torch.device, precision: str, rows: int, max_tokens: int, quick: bool,
+                 graphs: bool = False) -> SentimentEngine:
     from transformers import AutoModelForSequenceClassification, DistilBertConfig
 
     dims = dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64) if quick else dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072)
@@ -56,9 +59,12 @@ def build_engine(device: torch.device, precision: str, rows: int, max_tokens: in
         name="random distilbert-" + ("tiny" if quick else "base"), revision=None, device=str(device),
         precision=precision, labels=("NEGATIVE", "POSITIVE"), random_weights=True,
         attention=str(getattr(model.config, "_attn_implementation", "sdpa")),
+        compiled=graphs, compile_mode="reduce-overhead" if graphs else "default",
     )
+    # COMPILE_MODE=reduce-overhead as the worker runs it: CUDA graphs over the planner's bucketed shapes.
+    forward = torch.compile(model, dynamic=True, mode="reduce-overhead") if graphs else None
     return SentimentEngine(model, SimpleNamespace(pad_token_id=0), info, max_length=512,
-                           max_batch_tokens=max_tokens, max_batch_rows=rows)
+                           max_batch_tokens=max_tokens, max_batch_rows=rows, forward=forward)
 
 
 def encoded_batches(workload: str, events: int, rows: int) -> list[Encoded]:
@@ -69,10 +75,10 @@ def encoded_batches(workload: str, events: int, rows: int) -> list[Encoded]:
 
 
 def ceiling(device: torch.device, precision: str, workload: str, rows: int, max_tokens: int, events: int,
-            seconds: float, quick: bool) -> dict[str, Any]:
-    engine = build_engine(device, precision, rows, max_tokens, quick)
+            seconds: float, quick: bool, graphs: bool = False) -> dict[str, Any]:
+    engine = build_engine(device, precision, rows, max_tokens, quick, graphs)
     batches = encoded_batches(workload, events, rows)
-    for encoded in batches[:3]:  # kernels and allocator for this workload's shapes
+    for encoded in batches if graphs else batches[:3]:  # kernels, allocator (and graphs) for these shapes
         engine.infer(encoded)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -93,6 +99,7 @@ def ceiling(device: torch.device, precision: str, workload: str, rows: int, max_
         "events": done, "seconds": round(elapsed, 2), "events_per_s": round(done / elapsed, 1),
         "tokens_per_s": round(real / elapsed), "padding_efficiency": round(real / padded, 4),
         "model_calls_per_batch": round(calls / (done / rows), 2), "attention": engine.info.attention,
+        "graphs": graphs,
     }
     if device.type == "cuda":
         result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
@@ -188,6 +195,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="the worker with a simulated device (fast and slow), beside the real runs: "
                         "auto = when the Kafka runs run (not with --overhead off)")
     parser.add_argument("--sim-events", type=int, default=20000)
+    parser.add_argument("--graphs", choices=("auto", "on", "off"), default="auto",
+                        help="also the ceiling with COMPILE_MODE=reduce-overhead (CUDA graphs over bucketed shapes), "
+                        "first precision; auto = on CUDA")
     parser.add_argument("--quick", action="store_true", help="tiny model, few events: a rehearsal of the script")
     parser.add_argument("--json", type=Path, default=None, help="also write all results here")
     args = parser.parse_args(argv)
@@ -207,14 +217,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
 
+    graphs = args.graphs == "on" or (args.graphs == "auto" and device.type == "cuda")
     results = []
     for workload in args.workloads.split(","):
         for precision in precisions:
-            for rows in rows_list:
-                r = ceiling(device, precision, workload, rows, max_tokens, events, seconds, args.quick)
-                results.append(r)
-                print(f"  ceiling {workload:<6} {precision:<5} rows {rows:>5}: {r['events_per_s']:>10,.1f} ev/s "
-                      f"({r['tokens_per_s']:,} tok/s, padding eff {r['padding_efficiency']:.3f})", file=sys.stderr, flush=True)
+            for graphed in (False, True) if graphs and precision == precisions[0] else (False,):
+                for rows in rows_list:
+                    r = ceiling(device, precision, workload, rows, max_tokens, events, seconds, args.quick, graphed)
+                    results.append(r)
+                    print(f"  ceiling {workload:<6} {precision:<5}{' graphs' if graphed else ''} rows {rows:>5}: "
+                          f"{r['events_per_s']:>10,.1f} ev/s ({r['tokens_per_s']:,} tok/s, "
+                          f"padding eff {r['padding_efficiency']:.3f})", file=sys.stderr, flush=True)
 
     overhead: dict[str, Any] = {"skipped": "--overhead off"}
     if args.overhead != "off":
@@ -232,7 +245,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for r in results:
-        key = (r["workload"], r["precision"])
+        key = (r["workload"], r["precision"] + (" graphs" if r["graphs"] else ""))
         if key not in best or r["events_per_s"] > best[key]["events_per_s"]:
             best[key] = r
     e2e = overhead.get("e2e", {}).get("events_per_s") if "skipped" not in overhead else None
@@ -246,9 +259,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     print()
     print(f"engine ceiling on {name} ({'tiny' if args.quick else 'DistilBERT-base'}, random weights), best batch size:")
-    print(f"{'workload':<8} {'prec':<5} {'rows':>5} {'events/s':>11} {'tokens/s':>11} {'pad eff':>7}")
+    print(f"{'workload':<8} {'prec':<12} {'rows':>5} {'events/s':>11} {'tokens/s':>11} {'pad eff':>7}")
     for (workload, precision), r in sorted(best.items()):
-        print(f"{workload:<8} {precision:<5} {r['batch_rows']:>5} {r['events_per_s']:>11,.1f} {r['tokens_per_s']:>11,} {r['padding_efficiency']:>7.3f}")
+        print(f"{workload:<8} {precision:<12} {r['batch_rows']:>5} {r['events_per_s']:>11,.1f} {r['tokens_per_s']:>11,} {r['padding_efficiency']:>7.3f}")
     if "skipped" in overhead:
         print(f"the worker through Kafka: skipped: {overhead['skipped']}")
     else:
