@@ -6,6 +6,9 @@ Names are part of the operator contract: dashboards and alert rules in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
 # Every counter and histogram would carry a *_created series too: noise for dashboards,
@@ -115,6 +118,25 @@ MODEL_INFO = Gauge(
     ["name", "revision", "device", "precision"],
     multiprocess_mode="livemax",
 )
+
+
+def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """``histogram.observe`` for every amount, at the cost of one update per bucket, not per amount.
+
+    Two per-event histograms (latency, tokens) took a tenth of the event
+    loop's time at 10k events/s with one locked update each. This reads
+    prometheus_client 0.26's ``Histogram`` internals (``_upper_bounds``,
+    ``_buckets``, ``_sum``), the same ones ``observe`` uses; tests compare
+    the two. Not for a histogram with labels (call it on ``.labels(...)``).
+    """
+    if not len(amounts):
+        return
+    values = np.asarray(amounts, dtype=np.float64)
+    # observe(): the first bound with amount <= bound; searchsorted(side="left") is that index.
+    counts = np.bincount(np.searchsorted(histogram._upper_bounds, values, side="left"), minlength=1)
+    for index in np.flatnonzero(counts):
+        histogram._buckets[index].inc(int(counts[index]))
+    histogram._sum.inc(float(values.sum()))
 
 
 def set_build_info() -> None:

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
+import numpy as np
+
 from worker.ops import logs, metrics
 
 log = logs.get_logger("worker.pipeline")
@@ -164,13 +166,11 @@ class Telemetry:
         metrics.PUBLISH_SECONDS.observe(done.publish_s)
         if done.truncated:
             metrics.TRUNCATED.inc(done.truncated)
-        observe_tokens = metrics.INPUT_TOKENS.observe
-        for tokens in done.input_lengths:
-            observe_tokens(tokens)
-        now_ms = time.time() * 1000
-        observe = metrics.END_TO_END_SECONDS.observe
-        for timestamp in done.input_timestamps_ms:
-            observe(max(0.0, (now_ms - timestamp) / 1000))
+        metrics.observe_many(metrics.INPUT_TOKENS, done.input_lengths)
+        if len(done.input_timestamps_ms):
+            now_ms = time.time() * 1000
+            ages = (now_ms - np.asarray(done.input_timestamps_ms, dtype=np.float64)) / 1000
+            metrics.observe_many(metrics.END_TO_END_SECONDS, np.maximum(ages, 0.0))
         log.debug(
             "batch.done",
             size=done.events,
