@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from worker.model.engine import Encoded, Scores, SentimentEngine
+from worker.model.engine import Encoded, PreparedCalls, Scores, SentimentEngine
 from worker.service import main
 from worker.settings import Settings
 
@@ -46,13 +46,13 @@ class FaultyEngine(SentimentEngine):
         FaultyEngine.armed = True
         return result
 
-    def infer(self, encoded: Encoded) -> Scores:
+    def infer(self, encoded: Encoded, prepared: Optional[PreparedCalls] = None) -> Scores:
         if self.armed and self.flag is not None and self.flag.exists():
             raise RuntimeError("injected inference failure")
         lengths = encoded.lengths
         if self.armed and self.max_padded and len(lengths) * max(lengths, default=0) > self.max_padded:
             raise RuntimeError("CUDA out of memory (injected)")
-        return super().infer(encoded)
+        return super().infer(encoded, prepared)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Tokenisation and inference each run in a thread of their own, so the event
 loop keeps heartbeating and publishing while a batch is scored, and the next
-batch is tokenised while this one runs on the model. The happy path is one
-tokenizer call and one :meth:`SentimentEngine.infer` per batch.
+batch is tokenised, planned and padded while this one runs on the model: the
+inference thread only runs model calls. The happy path is one tokenizer call,
+one :meth:`SentimentEngine.prepare` and one :meth:`SentimentEngine.infer` per batch.
 
 When a call raises, the batch is split in halves and retried, down to single
 texts: a text that still fails alone is reported as failed (and dead-lettered
@@ -20,11 +21,11 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar, Union
+from typing import Optional, TypeVar, Union
 
 import numpy as np
 
-from worker.model.engine import Encoded, Scores, SentimentEngine
+from worker.model.engine import Encoded, PreparedCalls, Scores, SentimentEngine
 from worker.model.report import EMPTY_REPORT, BatchReport
 
 PROBE_TEXT = "a known-good probe text"
@@ -83,8 +84,9 @@ class BatchScorer:
             return Scored(self._empty())
         # Timed inside the threads: a batch queued behind another one is not "slow".
         (encoded, failures), encode_s = await loop.run_in_executor(self._tokenize_pool, _timed, self._encode, texts)
+        prepared = await loop.run_in_executor(self._tokenize_pool, self._prepare, encoded)
         scores, infer_s = await loop.run_in_executor(
-            self._infer_pool, _timed, self._infer, encoded, failures, len(texts)
+            self._infer_pool, _timed, self._infer, encoded, failures, len(texts), prepared
         )
         tokens = encoded.lengths if encoded.text_of_row is None else [len(encoded.input_ids[r]) for r in _first_rows(encoded)]
         return Scored(scores, failures, encode_s=encode_s, infer_s=infer_s, tokens=tokens)
@@ -116,14 +118,27 @@ class BatchScorer:
         pieces = [r for i, r in sorted(found.items()) if not isinstance(r, BaseException)]
         return _concat(pieces), failures
 
+    def _prepare(self, encoded: Encoded) -> Optional[PreparedCalls]:
+        """The batch's calls, planned and padded; None if that fails (inference then narrows it down)."""
+        try:
+            return self.engine.prepare(encoded)
+        except Exception:  # noqa: BLE001 - the inference thread retries and narrows it down
+            return None
+
     # -- in the inference thread --------------------------------------------------------
 
-    def _infer(self, encoded: Encoded, failures: dict[int, tuple[str, BaseException]], n_texts: int) -> Scores:
+    def _infer(
+        self,
+        encoded: Encoded,
+        failures: dict[int, tuple[str, BaseException]],
+        n_texts: int,
+        prepared: Optional[PreparedCalls] = None,
+    ) -> Scores:
         """Scores of all ``n_texts``; rows of texts that failed (before or here) are NaN."""
         engine = self.engine
         ok = [i for i in range(n_texts) if i not in failures]  # text index of each encoded text
         try:
-            scores = engine.infer(encoded)
+            scores = engine.infer(encoded, prepared)
             values, report = scores.values, scores.report
         except Exception:  # noqa: BLE001 - narrowed down below
             values, report = self._infer_narrowing(encoded, failures, ok)
