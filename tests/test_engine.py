@@ -8,6 +8,7 @@ import random
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -438,3 +439,36 @@ def test_checkpoint_without_classifier_head_is_refused(tiny_model: Path, tmp_pat
 
 def test_empty_batch(tiny_model: Path) -> None:
     assert SentimentEngine.load(str(tiny_model)).predict([]) == []
+
+
+async def test_calls_are_planned_and_padded_in_the_tokenizer_thread_and_only_run_in_the_inference_thread(
+    tiny_model: Path, tiny_reference: Reference
+) -> None:
+    """The device's thread must not plan or pad: that host work would leave the device idle between batches."""
+    import threading
+
+    from worker.pipeline.scoring import BatchScorer
+
+    engine = SentimentEngine.load(str(tiny_model), device="cpu", max_batch_rows=8)
+    where: dict[str, set[str]] = {"pad": set(), "forward": set()}
+    pad, forward = engine.pad, engine._forward
+
+    def recorded_pad(*args: Any, **kwargs: Any) -> Any:
+        where["pad"].add(threading.current_thread().name.split("_")[0])
+        return pad(*args, **kwargs)
+
+    def recorded_forward(**inputs: Any) -> Any:
+        where["forward"].add(threading.current_thread().name.split("_")[0])
+        return forward(**inputs)
+
+    engine.pad, engine._forward = recorded_pad, recorded_forward  # type: ignore[method-assign]
+    scorer = BatchScorer(engine)
+    try:
+        texts = sample_texts(30)
+        scored = await scorer.score(texts)
+    finally:
+        scorer.close()
+    assert where == {"pad": {"tokenize"}, "forward": {"infer"}}
+    assert scored.scores.report.model_calls >= 4 and not scored.failures
+    for prediction, text in zip(scored.scores.predictions(), texts, strict=True):
+        assert_close(prediction.scores, tiny_reference.scores(text, engine.max_length))
