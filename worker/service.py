@@ -22,6 +22,7 @@ from aiokafka import TopicPartition
 
 from worker.kafka.faust_adapter import BoundedWorker, InputApp
 from worker.kafka.guarantee import make_guarantee
+from worker.kafka.positions import parse_start
 from worker.kafka.security import aiokafka_options, faust_credentials
 from worker.kafka.topics import TopicInfo
 from worker.model.engine import SentimentEngine
@@ -129,6 +130,8 @@ class WorkerService:
         self.telemetry = Telemetry(settings.dead_letter_topic_name)
         self.tracing = make_tracing(settings)
         self.app = make_app(settings)
+        if settings.start_from is not None:
+            self.app.start_from = parse_start(settings.start_from)
         self.guarantee = make_guarantee(settings, self.ledger, topics, self._commit_offsets, self.tracing)
         builder = OutputBuilder(
             output_topic=settings.output_topic,
@@ -229,6 +232,10 @@ class WorkerService:
         metrics.ASSIGNED_PARTITIONS.set(len(partitions))
         metrics.REBALANCES.inc()
         log.info("partitions.assigned", count=len(partitions), partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in partitions))
+        started = {tp: self.app.started_at.pop(tp) for tp in partitions if tp in self.app.started_at}
+        if started:  # START_FROM placed these: the group had no committed offset for them
+            log.info("partitions.start_from", start=str(self.app.start_from),
+                     offsets={f"{tp.topic}:{tp.partition}": offset for tp, offset in sorted(started.items())})
 
     async def _revoked(self, app: faust.App, revoked: set, **_: Any) -> None:
         """Finish the revoked partitions' batches (bounded) and commit them while they are still ours."""

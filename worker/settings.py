@@ -158,6 +158,12 @@ class Settings(BaseSettings):
     auto_offset_reset: OffsetReset = Field(
         OffsetReset.earliest, description="Where a new group starts reading: earliest or latest."
     )
+    start_from: Optional[str] = Field(
+        None,
+        description="Where the group begins on a partition it has no committed offset for: earliest, latest, "
+        "an ISO-8601 time with a zone or @EPOCH_MS (the first record at or after it; a partition with none "
+        "starts at its end). Committed offsets always win. Unset: AUTO_OFFSET_RESET.",
+    )
     commit_interval_s: float = Field(
         1.0, gt=0, description="How often the offsets of stored outputs are committed (at-least-once), in seconds."
     )
@@ -406,6 +412,27 @@ class Settings(BaseSettings):
         base, _, index = value.partition(":")
         if base not in {"auto", "cpu", "cuda", "mps"} or (index and not (base == "cuda" and index.isdigit())):
             raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @field_validator("start_from")
+    @classmethod
+    def _check_start_from(cls, value: Optional[str]) -> Optional[str]:
+        if value is None or not value.strip():
+            return None
+        from datetime import datetime
+
+        from worker.kafka.positions import parse_start
+
+        value = value.strip()
+        wanted = "earliest, latest, an ISO-8601 time with a zone (2026-12-01T00:00:00Z) or @EPOCH_MS"
+        try:
+            start = parse_start(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a start: use {wanted}") from None
+        if start.kind not in ("beginning", "end", "time"):
+            raise ValueError(f"{value!r} is not a start: use {wanted}")
+        if start.kind == "time" and not value.lower().startswith(("@", "s@")) and datetime.fromisoformat(value).tzinfo is None:
+            raise ValueError(f"{value!r} has no time zone: add Z or an offset such as +01:00")
         return value
 
     @field_validator("schema_registry_url")

@@ -18,6 +18,9 @@ that fails loudly if an upgrade renames or changes it:
   control (paused during rebalances) and active partitions;
 - ``AIOKafkaConsumerThread._create_worker_consumer`` and aiokafka's
   ``AIOKafkaConsumer._isolation_level``: read ``read_committed``;
+- ``AIOKafkaConsumerThread.on_partitions_assigned`` (aiokafka's rebalance
+  listener, in the consumer's thread, before any fetch of the new
+  assignment): START_FROM places partitions the group never committed;
 - ``AIOKafkaConsumerThread.commit(offsets) -> bool``: False when the group
   already rebalanced (then nothing was committed);
 - ``Consumer.position(tp)`` / ``Consumer.seek(tp, offset)``: fetched records
@@ -49,6 +52,7 @@ from aiokafka import TopicPartition
 from faust.app import base as faust_app
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from worker.kafka.positions import StartAt, place_uncommitted
 from worker.ops.shutdown import ExitDeadline
 
 ISOLATION_LEVEL = "read_committed"
@@ -89,6 +93,22 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # Faust offers no setting for it.
         consumer._isolation_level = ISOLATION_LEVEL  # noqa: SLF001
         return consumer
+
+    async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
+        """START_FROM first: here nothing of the new assignment has been fetched yet, so no record
+        before the start can slip through; then Faust's own handling (the app's signal)."""
+        app = self.app
+        start: Optional[StartAt] = getattr(app, "start_from", None)
+        if start is not None and assigned:
+            partitions = [TopicPartition(tp.topic, tp.partition) for tp in assigned]
+            try:
+                app.started_at.update(await place_uncommitted(self._ensure_consumer(), partitions, start))
+            except Exception as exc:  # noqa: BLE001 - aiokafka would log and fetch from AUTO_OFFSET_RESET
+                # Fetching from the reset position instead would score what START_FROM excludes (or skip
+                # what it includes): stop; the replacement tries again.
+                asyncio.run_coroutine_threadsafe(app.crash(exc), app.loop)
+                raise
+        await super().on_partitions_assigned(assigned, generation_id)
 
 
 class BatchConsumer(faust_aiokafka.Consumer):
@@ -166,6 +186,7 @@ class InputApp(faust.App):
 
     logger = logging.getLogger(f"{faust_app.__name__}.input")
     intake: Optional[Intake] = None  # where the consumer's fetches go; set before the app starts
+    start_from: Optional[StartAt] = None  # START_FROM: where partitions the group never committed begin
 
     def __init__(self, id: str, *, builtin_pages: bool = False, **options: Any) -> None:
         # Faust also reads settings from environment variables, several named like ours
@@ -178,6 +199,7 @@ class InputApp(faust.App):
         for page in ("web_router_enabled", "web_tables_enabled", "web_graph_enabled", "web_stats_enabled"):
             options.setdefault(page, builtin_pages)
         super().__init__(id, **options)
+        self.started_at: dict[TopicPartition, int] = {}  # where START_FROM placed partitions, until logged
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
