@@ -41,6 +41,17 @@ def test_fetcher_runs_the_consumers_drain_messages() -> None:
     assert BatchConsumer._drain_messages is not faust_consumer.Consumer._drain_messages
 
 
+def test_the_rebalance_listener_calls_the_threads_on_partitions_assigned_before_faust_hears_of_it() -> None:
+    """START_FROM places partitions in the consumer thread's on_partitions_assigned: aiokafka's listener
+    awaits it (nothing of the new assignment is fetched before it returns), and Faust's part comes after."""
+    listener = inspect.getsource(faust_aiokafka.ConsumerRebalanceListener.on_partitions_assigned)
+    assert "await self._thread.on_partitions_assigned(" in listener
+    params = list(inspect.signature(faust_aiokafka.AIOKafkaConsumerThread.on_partitions_assigned).parameters)
+    assert params == ["self", "assigned", "generation_id"]
+    assert "super().on_partitions_assigned(assigned, generation_id)" in inspect.getsource(_ConsumerThread.on_partitions_assigned)
+    assert list(inspect.signature(AIOKafkaConsumer.committed).parameters) == ["self", "partition"]
+
+
 def test_wait_next_records_is_one_fetch_honouring_flow_control() -> None:
     source = inspect.getsource(faust_consumer.Consumer._wait_next_records)
     assert list(inspect.signature(faust_consumer.Consumer._wait_next_records).parameters) == ["self", "timeout"]
