@@ -36,6 +36,7 @@ from worker.ops.telemetry import Telemetry, set_planner_costs
 from worker.ops.watchdog import StallWatchdog
 from worker.ops.web import StartupPages, install_pages
 from worker.pipeline.batcher import Batcher
+from worker.pipeline.bounds import PartitionProgress, RunBounds
 from worker.pipeline.delivery import Deliverer
 from worker.pipeline.headers import HeaderPolicy
 from worker.pipeline.intake import Intake
@@ -48,6 +49,7 @@ from worker.settings import SchemaVersion, Settings
 
 log = logs.get_logger(__name__)
 
+RUN_CHECK_INTERVAL_S = 1.0  # RUN_UNTIL: how often a bounded run checks whether it is done
 REVOKE_DRAIN_S = 20.0  # rebalance: finish the revoked partitions' batches (rebalance timeout is 60 s)
 DRAIN_SHARE = 0.6  # of SHUTDOWN_TIMEOUT_S, for the batches in flight; the rest closes up
 LAG_INTERVAL_S = 5.0
@@ -132,6 +134,13 @@ class WorkerService:
         self.app = make_app(settings)
         if settings.start_from is not None:
             self.app.start_from = parse_start(settings.start_from)
+        self.bounds: Optional[RunBounds] = None
+        if settings.run_until is not None:
+            self.app.run_until = parse_start(settings.run_until)
+            self.bounds = RunBounds()
+        self.finish: Optional[Callable[[str], None]] = None  # ends a bounded run (BoundedWorker.finish)
+        self._finishing = False
+        self._assigned_once = False
         self.guarantee = make_guarantee(settings, self.ledger, topics, self._commit_offsets, self.tracing)
         builder = OutputBuilder(
             output_topic=settings.output_topic,
@@ -180,6 +189,8 @@ class WorkerService:
             self.pipeline,
             self.ledger,
             self._rewind,
+            bounds=self.bounds,
+            pause=lambda partitions: self.app.consumer.pause_partitions(partitions),
         )
         self.app.intake = self.intake
         self.probe = LagProbe(settings.kafka_bootstrap_servers, settings.group_id, aiokafka_options(settings))
@@ -212,6 +223,8 @@ class WorkerService:
             app.timer(timer.interval_s, name=timer.name)(timer.run)
         app.timer(LAG_INTERVAL_S, name="monitor")(self._check)
         app.timer(settings.stats_interval_s, name="throughput")(self._log_throughput)
+        if self.bounds is not None:
+            app.timer(RUN_CHECK_INTERVAL_S, name="run_until")(self._check_run)
         install_pages(app, self.readiness)
 
     # -- lifecycle ------------------------------------------------------------------
@@ -229,9 +242,15 @@ class WorkerService:
     async def _assigned(self, app: faust.App, assigned: set, **_: Any) -> None:
         partitions = [TopicPartition(tp.topic, tp.partition) for tp in assigned]
         self.ledger.assigned(partitions)
+        self._assigned_once = True
         metrics.ASSIGNED_PARTITIONS.set(len(partitions))
         metrics.REBALANCES.inc()
         log.info("partitions.assigned", count=len(partitions), partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in partitions))
+        if self.bounds is not None:
+            self.bounds.add_stops({tp: self.app.stops_found.pop(tp) for tp in partitions if tp in self.app.stops_found})
+            log.info("run.stops", until=self.settings.run_until,
+                     offsets={f"{tp.topic}:{tp.partition}": self.bounds.stops[tp] for tp in sorted(partitions)
+                              if tp in self.bounds.stops})
         started = {tp: self.app.started_at.pop(tp) for tp in partitions if tp in self.app.started_at}
         if started:  # START_FROM placed these: the group had no committed offset for them
             log.info("partitions.start_from", start=str(self.app.start_from),
@@ -246,6 +265,8 @@ class WorkerService:
         await self.guarantee.settle()
         in_flight = self.ledger.in_flight_events
         self.ledger.revoked(partitions)
+        if self.bounds is not None:
+            self.bounds.revoked(partitions)
         if not drained:
             self.pipeline.abandon()
             log.warning("rebalance.drain_timeout", seconds=REVOKE_DRAIN_S, abandoned_events=in_flight)
@@ -265,6 +286,10 @@ class WorkerService:
             log.error("shutdown.drain_timeout", seconds=drain_s, in_flight=self.ledger.in_flight_events,
                       failed=self.pipeline.failure is not None)
         await self.guarantee.settle()
+        if self.bounds is not None and not self._finishing:  # stopped before its stops: say how far it got
+            log.warning("run.unfinished", until=self.settings.run_until, partitions={
+                f"{tp.topic}:{tp.partition}": {"stop": stop, "committed": self.ledger.committed(tp)}
+                for tp, stop in sorted(self.bounds.stops.items()) if tp in self.ledger.owned})
         await self.guarantee.stop()
         await self.probe.stop()
         if self.registry is not None:
@@ -292,6 +317,33 @@ class WorkerService:
         self._stalled = reason
         log.error("worker.stalled", reason=reason, seconds=self.settings.stall_timeout_s)
         await self._fail(RuntimeError(f"stalled: {reason}"))
+
+    async def run_progress(self) -> dict[TopicPartition, PartitionProgress]:
+        """RUN_UNTIL: where each owned partition stands against its stop."""
+        assert self.bounds is not None
+        owned = sorted(self.ledger.owned)
+        positions = await bounded(self.app.positions(owned), self.settings.kafka_request_timeout_s)
+        found = {tp: self.bounds.progress(tp, positions.get(tp), self.ledger.committed(tp)) for tp in owned}
+        return {tp: p for tp, p in found.items() if p is not None}
+
+    async def _check_run(self) -> None:
+        """RUN_UNTIL: once every owned partition is done, stop with status 0 (the group gets them back)."""
+        if self.bounds is None or self._finishing or not self._assigned_once:
+            return
+        try:
+            progress = await self.run_progress()
+        except Exception as exc:  # noqa: BLE001 - e.g. the broker is away: ask again next tick
+            log.debug("run.progress_unavailable", error=repr(exc))
+            return
+        reached = self.bounds.reached & self.ledger.owned
+        if reached:  # Faust resumes every partition after a rebalance
+            self.app.consumer.pause_partitions(reached)
+        if len(progress) < len(self.ledger.owned) or not all(p.done for p in progress.values()):
+            return
+        self._finishing = True
+        log.info("run.finished", until=self.settings.run_until, partitions=_describe(progress))
+        if self.finish is not None:
+            self.finish("the run reached its stops")
 
     async def _log_throughput(self) -> None:
         self.telemetry.log_throughput(self.ledger.in_flight_events)
@@ -501,6 +553,7 @@ def _run(
     )
     if pages is not None:
         pages.stop()  # the app's own pages take WEB_PORT over now
+    service.finish = worker.finish
     worker.execute_from_commandline()
     return 0  # Faust's Worker exits the process itself
 
@@ -526,6 +579,14 @@ def main(
     except StartupError as exc:  # already logged where it happened
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _describe(progress: dict[TopicPartition, PartitionProgress]) -> dict[str, dict[str, Any]]:
+    """How far each partition of a bounded run got, for its log lines."""
+    return {
+        f"{tp.topic}:{tp.partition}": {"stop": p.stop, "position": p.position, "committed": p.committed, "done": p.done}
+        for tp, p in sorted(progress.items())
+    }
 
 
 def _finite(value: float) -> Optional[float]:

@@ -164,6 +164,12 @@ class Settings(BaseSettings):
         "an ISO-8601 time with a zone or @EPOCH_MS (the first record at or after it; a partition with none "
         "starts at its end). Committed offsets always win. Unset: AUTO_OFFSET_RESET.",
     )
+    run_until: Optional[str] = Field(
+        None,
+        description="A bounded run (a backfill): end (each partition's end when this replica is first assigned "
+        "it; the last stable offset), or a past ISO-8601 time with a zone or @EPOCH_MS (stop at the first record "
+        "at or after it). Exits 0 once everything before the stops is stored and committed. Unset: run forever.",
+    )
     commit_interval_s: float = Field(
         1.0, gt=0, description="How often the offsets of stored outputs are committed (at-least-once), in seconds."
     )
@@ -433,6 +439,31 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a start: use {wanted}")
         if start.kind == "time" and not value.lower().startswith(("@", "s@")) and datetime.fromisoformat(value).tzinfo is None:
             raise ValueError(f"{value!r} has no time zone: add Z or an offset such as +01:00")
+        return value
+
+    @field_validator("run_until")
+    @classmethod
+    def _check_run_until(cls, value: Optional[str]) -> Optional[str]:
+        if value is None or not value.strip():
+            return None
+        import time
+        from datetime import datetime
+
+        from worker.kafka.positions import parse_start
+
+        value = value.strip()
+        wanted = "end, a past ISO-8601 time with a zone (2026-12-01T00:00:00Z) or @EPOCH_MS"
+        try:
+            until = parse_start(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a stop: use {wanted}") from None
+        if until.kind not in ("end", "time") or value.lower() in ("latest", "newest"):
+            raise ValueError(f"{value!r} is not a stop: use {wanted}")
+        if until.kind == "time":
+            if not value.lower().startswith(("@", "s@")) and datetime.fromisoformat(value).tzinfo is None:
+                raise ValueError(f"{value!r} has no time zone: add Z or an offset such as +01:00")
+            if until.value > time.time() * 1000:
+                raise ValueError(f"{value!r} is in the future: a bounded run stops at records already written")
         return value
 
     @field_validator("schema_registry_url")

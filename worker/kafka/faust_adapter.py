@@ -20,7 +20,8 @@ that fails loudly if an upgrade renames or changes it:
   ``AIOKafkaConsumer._isolation_level``: read ``read_committed``;
 - ``AIOKafkaConsumerThread.on_partitions_assigned`` (aiokafka's rebalance
   listener, in the consumer's thread, before any fetch of the new
-  assignment): START_FROM places partitions the group never committed;
+  assignment): START_FROM places partitions the group never committed,
+  RUN_UNTIL takes their stop offsets;
 - ``AIOKafkaConsumerThread.commit(offsets) -> bool``: False when the group
   already rebalanced (then nothing was committed);
 - ``Consumer.position(tp)`` / ``Consumer.seek(tp, offset)``: fetched records
@@ -52,7 +53,7 @@ from aiokafka import TopicPartition
 from faust.app import base as faust_app
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from worker.kafka.positions import StartAt, place_uncommitted
+from worker.kafka.positions import StartAt, place_uncommitted, stop_offsets
 from worker.ops.shutdown import ExitDeadline
 
 ISOLATION_LEVEL = "read_committed"
@@ -95,14 +96,19 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
     async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
-        """START_FROM first: here nothing of the new assignment has been fetched yet, so no record
-        before the start can slip through; then Faust's own handling (the app's signal)."""
+        """START_FROM and RUN_UNTIL first: here nothing of the new assignment has been fetched yet, so
+        no record before the start can slip through; then Faust's own handling (the app's signal)."""
         app = self.app
         start: Optional[StartAt] = getattr(app, "start_from", None)
-        if start is not None and assigned:
+        until: Optional[StartAt] = getattr(app, "run_until", None)
+        if (start is not None or until is not None) and assigned:
             partitions = [TopicPartition(tp.topic, tp.partition) for tp in assigned]
+            consumer = self._ensure_consumer()
             try:
-                app.started_at.update(await place_uncommitted(self._ensure_consumer(), partitions, start))
+                if start is not None:
+                    app.started_at.update(await place_uncommitted(consumer, partitions, start))
+                if until is not None:
+                    app.stops_found.update(await stop_offsets(consumer, partitions, until))
             except Exception as exc:  # noqa: BLE001 - aiokafka would log and fetch from AUTO_OFFSET_RESET
                 # Fetching from the reset position instead would score what START_FROM excludes (or skip
                 # what it includes): stop; the replacement tries again.
@@ -187,6 +193,7 @@ class InputApp(faust.App):
     logger = logging.getLogger(f"{faust_app.__name__}.input")
     intake: Optional[Intake] = None  # where the consumer's fetches go; set before the app starts
     start_from: Optional[StartAt] = None  # START_FROM: where partitions the group never committed begin
+    run_until: Optional[StartAt] = None  # RUN_UNTIL: end, or a time: where a bounded run stops
 
     def __init__(self, id: str, *, builtin_pages: bool = False, **options: Any) -> None:
         # Faust also reads settings from environment variables, several named like ours
@@ -200,6 +207,7 @@ class InputApp(faust.App):
             options.setdefault(page, builtin_pages)
         super().__init__(id, **options)
         self.started_at: dict[TopicPartition, int] = {}  # where START_FROM placed partitions, until logged
+        self.stops_found: dict[TopicPartition, int] = {}  # RUN_UNTIL's stops, until the service takes them
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
@@ -249,6 +257,11 @@ class BoundedWorker(faust.Worker):
     def _on_sigint(self) -> None:
         self._deadline.arm("SIGINT", 0)
         super()._on_sigint()
+
+    def finish(self, reason: str) -> None:
+        """A bounded run is done: the shutdown a SIGTERM starts (drain, commit, leave the group), status 0."""
+        self._deadline.arm(reason, 0)
+        super()._on_sigterm()
 
     def on_worker_shutdown(self) -> None:
         self._deadline.arm("the worker stopped without a signal", 1)

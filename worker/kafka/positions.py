@@ -93,6 +93,26 @@ async def seek(client: AIOKafkaConsumer, tps: Sequence[TopicPartition], start: S
     return offsets
 
 
+async def stop_offsets(
+    client: AIOKafkaConsumer, partitions: Iterable[TopicPartition], until: StartAt
+) -> dict[TopicPartition, int]:
+    """Where a bounded run stops in each partition (RUN_UNTIL): its end, or the first record at or after a time.
+
+    The end is what ``end_offsets`` says for this client: for a read_committed
+    consumer the last stable offset, so a transaction still open ends the run
+    before its records instead of holding it. A time after a partition's last
+    record stops that partition at its end.
+    """
+    tps = list(partitions)
+    if not tps:
+        return {}
+    ends = await client.end_offsets(tps)
+    if until.kind != "time":
+        return dict(ends)
+    found = await client.offsets_for_times({tp: until.value for tp in tps})
+    return {tp: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in tps}
+
+
 async def place_uncommitted(
     client: AIOKafkaConsumer, partitions: Iterable[TopicPartition], start: StartAt
 ) -> dict[TopicPartition, int]:

@@ -12,11 +12,12 @@ already moved past them, the intake rewinds it to the first dropped record.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Optional
 
 from aiokafka import TopicPartition
 
 from worker.pipeline.batcher import Batcher
+from worker.pipeline.bounds import RunBounds
 from worker.pipeline.ledger import OffsetLedger
 from worker.pipeline.stages import Pipeline
 
@@ -27,11 +28,23 @@ Rewind = Callable[[Mapping[TopicPartition, int]], Awaitable[None]]
 
 
 class Intake:
-    def __init__(self, batcher: Batcher, pipeline: Pipeline, ledger: OffsetLedger, rewind: Rewind) -> None:
+    def __init__(
+        self,
+        batcher: Batcher,
+        pipeline: Pipeline,
+        ledger: OffsetLedger,
+        rewind: Rewind,
+        bounds: Optional[RunBounds] = None,
+        pause: Optional[Callable[[set[TopicPartition]], None]] = None,
+    ) -> None:
+        """``bounds``: RUN_UNTIL's stops (records at or past them are not scored); ``pause``: stop
+        fetching partitions that reached theirs."""
         self._batcher = batcher
         self._pipeline = pipeline
         self._ledger = ledger
         self._rewind = rewind
+        self._bounds = bounds
+        self._pause = pause
 
     def fetch_started(self) -> int:
         return self._ledger.epoch
@@ -47,6 +60,11 @@ class Intake:
         if token != self._ledger.epoch:
             await self._drop(record for batch in records.values() for record in batch)
             return
+        if self._bounds is not None:
+            reached = len(self._bounds.reached)
+            records = self._bounds.take(records)
+            if self._pause is not None and len(self._bounds.reached) > reached:
+                self._pause(self._bounds.reached & self._ledger.owned)
         self._batcher.add(records, now)
         cuts = self._batcher.ready(now)
         for k, cut in enumerate(cuts):
