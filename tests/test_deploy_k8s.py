@@ -688,3 +688,34 @@ def dockerfile_start_command() -> list[str]:
     entrypoint = json.loads(re.findall(r"^ENTRYPOINT\s+(\[.*\])\s*$", text, re.M)[-1])
     cmd = json.loads(re.findall(r"^CMD\s+(\[.*\])\s*$", text, re.M)[-1])
     return entrypoint + cmd
+
+
+# ------------------------------------------------------------------ mode: job (backfills)
+
+
+def test_job_mode_is_a_bounded_run_of_the_same_worker() -> None:
+    """The backfill example: a Job of the same pod, RUN_UNTIL and START_FROM set (and accepted by the
+    worker), every pod's success counted, nothing of the long-running release's scaling or alerting."""
+    backfill = CHART / "examples" / "jobs" / "backfill.yaml"
+    objs = render("-f", str(backfill), *MONITORING, kube=K8S_NEWEST)
+    job = one(objs, "Job")
+    values = yaml.safe_load(backfill.read_text())
+    assert job["spec"]["parallelism"] == job["spec"]["completions"] == values["job"]["parallelism"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+    assert "selector" not in job["spec"] and "replicas" not in job["spec"]  # the Job makes its own selector
+    data = config(objs)
+    assert (data["RUN_UNTIL"], data["START_FROM"]) == ("end", values["job"]["startFrom"])
+    settings = Settings(**{k.lower(): v for k, v in data.items() if k.lower() in Settings.model_fields})
+    assert (settings.run_until, settings.start_from) == ("end", "2026-11-30T00:00:00Z")
+    assert not {"ScaledObject", "PodDisruptionBudget", "PrometheusRule", "Deployment"} & {o["kind"] for o in objs}
+    # the same pod as the Deployment's: the same containers, probes and volumes
+    deployment = one(render(*MONITORING, kube=K8S_NEWEST), "Deployment")["spec"]["template"]["spec"]
+    assert [c["name"] for c in job["spec"]["template"]["spec"]["containers"]] == [c["name"] for c in deployment["containers"]]
+    assert job["spec"]["template"]["spec"]["initContainers"][0]["command"] == deployment["initContainers"][0]["command"]
+    # a Deployment release never carries them
+    assert not {"RUN_UNTIL", "START_FROM"} & set(config(render()))
+
+
+def test_job_parallelism_beyond_the_partitions_is_refused() -> None:
+    out = template("--set", "mode=job", "--set", "job.parallelism=13", "--set", "kafka.partitions=12", check=False)
+    assert out.returncode != 0 and "job.parallelism (13) exceeds kafka.partitions (12)" in out.stderr

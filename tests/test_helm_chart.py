@@ -38,7 +38,7 @@ import yaml
 from pydantic import SecretStr
 
 from tests.helm_render import (  # noqa: F401  (rendered is a fixture)
-    CHART, EXAMPLES, K8S_OLDEST, MATRIX, MONITORING, REPO, find, one, render, rendered, template,
+    CHART, EXAMPLES, K8S_NEWEST, K8S_OLDEST, MATRIX, MONITORING, REPO, find, one, render, rendered, template,
 )
 from tests.upstream_schemas import HELM_DOCS_VERSION, check_trigger_metadata, crd_kinds, crd_validator, helm, helm_docs
 from worker.settings import Settings
@@ -282,3 +282,28 @@ def test_helm_package_ships_the_readme_not_its_template(tmp_path: Path) -> None:
         names = set(tar.getnames())
     assert {"sentiment-worker/README.md", "sentiment-worker/values.yaml"} <= names
     assert not {n for n in names if n.endswith(".gotmpl") or "/examples/" in n}, names
+
+
+# ------------------------------------------------------------------ mode: job (backfills)
+
+BACKFILL = CHART / "examples" / "jobs" / "backfill.yaml"
+
+
+@pytest.mark.parametrize("kube", [K8S_OLDEST, K8S_NEWEST])
+def test_job_mode_lints_renders_and_validates(kube: str) -> None:
+    out = subprocess.run([helm(), "lint", "--strict", str(CHART), "--kube-version", kube, "-f", str(BACKFILL)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "0 chart(s) failed" in out.stdout, out.stdout + out.stderr
+    objs = render("-f", str(BACKFILL), *MONITORING, kube=kube)
+    kinds = {o["kind"] for o in objs}
+    assert "Job" in kinds and "Deployment" not in kinds
+    for obj in objs:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        if (obj["apiVersion"], obj["kind"]) in crd_kinds():
+            errors = sorted(crd_validator(obj["apiVersion"], obj["kind"]).iter_errors(obj), key=str)
+            assert not errors, f"{where}: " + "; ".join(f"{list(e.path)}: {e.message}" for e in errors)
+            continue
+        try:
+            kubernetes_validate.validate(obj, kube, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{where} invalid for Kubernetes {kube}: {exc.message} at {list(exc.path)}")
