@@ -186,21 +186,26 @@ def test_report_and_json_name_models_and_counts() -> None:
     assert "label agreement: 0.00% (0 of 1)" in text
     out = result.as_dict()
     assert out["events"] == {"both": 1, "only_a": 1, "only_b": 0, "head_mismatch": 0}
-    assert out["labels"]["confusion"] == {"POSITIVE": {"NEGATIVE": 1}}
+    assert out["labels"]["confusion"] == {"NEGATIVE": {"NEGATIVE": 0, "POSITIVE": 0}, "POSITIVE": {"NEGATIVE": 1, "POSITIVE": 0}}
     assert out["b"]["models"] == [{"name": "m-b", "revision": "r1", "events": 1}]
     assert math.isclose(out["score_delta"]["max"], 0.7)
     orjson.dumps(out)  # JSON all the way down
 
 
-def test_confusion_table_lines_up() -> None:
-    from collections import Counter
-
-    rows = confusion_table({"NEGATIVE": Counter({"NEGATIVE": 40, "POSITIVE": 5}), "POSITIVE": Counter({"POSITIVE": 123})})
-    assert rows == [
+def test_confusion_table_is_square_over_both_sides_labels_and_lines_up() -> None:
+    a = side("A", [single(str(i), 0.9) for i in range(123)] + [single(f"n{i}", 0.1) for i in range(45)])
+    b = side("B", [single(str(i), 0.8) for i in range(123)] + [single(f"n{i}", 0.2 if i < 40 else 0.6) for i in range(45)])
+    result = compare(a, b)
+    assert result.label_names() == ["NEGATIVE", "POSITIVE"]
+    assert result.matrix() == [[40, 5], [0, 123]]  # rows: A NEGATIVE, A POSITIVE
+    assert confusion_table(result.label_names(), result.matrix()) == [
         "          NEGATIVE  POSITIVE",
         "NEGATIVE        40         5",
         "POSITIVE         0       123",
     ]
+    # One label on each side: still square, the diagonal is where they agree.
+    one = compare(side("A", [single("1", 0.9)]), side("B", [single("1", 0.2)]))
+    assert one.matrix() == [[0, 0], [1, 0]]
 
 
 def test_parse_time_takes_the_tail_spellings_of_a_time_only() -> None:

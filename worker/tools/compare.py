@@ -245,6 +245,15 @@ class Comparison:
         """Fraction of joined events with the same top label; None when no event has a label on both sides."""
         return self.agreeing / self.labelled if self.labelled else None
 
+    def label_names(self) -> list[str]:
+        """Every label either side gave a joined event: the confusion matrix's rows and columns."""
+        return sorted(set(self.confusion) | {label for row in self.confusion.values() for label in row})
+
+    def matrix(self) -> list[list[int]]:
+        """The confusion matrix, square over :meth:`label_names`: rows A's label, columns B's."""
+        names = self.label_names()
+        return [[self.confusion.get(a, Counter()).get(b, 0) for b in names] for a in names]
+
     def as_dict(self) -> dict[str, Any]:
         score, value = Spread.of(self.score_deltas), Spread.of(self.value_deltas)
         return {
@@ -256,7 +265,7 @@ class Comparison:
                 "compared": self.labelled,
                 "agreeing": self.agreeing,
                 "agreement": self.agreement,
-                "confusion": {a: dict(sorted(row.items())) for a, row in sorted(self.confusion.items())},
+                "confusion": {a: dict(zip(self.label_names(), row)) for a, row in zip(self.label_names(), self.matrix())},
             },
             "score_delta": score.as_dict() if score else None,
             "value_delta": value.as_dict() if value else None,
@@ -328,7 +337,7 @@ def report(result: Comparison, *, window: tuple[Optional[int], Optional[int]] = 
     if result.agreement is not None:
         lines.append(f"label agreement: {result.agreement:.2%} ({result.agreeing} of {result.labelled})")
         lines.append("confusion (rows: A's label, columns: B's label):")
-        lines.extend("  " + row for row in confusion_table(result.confusion))
+        lines.extend("  " + row for row in confusion_table(result.label_names(), result.matrix()))
     score = Spread.of(result.score_deltas)
     if score:
         lines.append(f"|Δscore| (max over labels of |pA - pB|): mean {score.mean:.4f}  p95 {score.p95:.4f}  max {score.max:.4f}")
@@ -344,15 +353,13 @@ def report(result: Comparison, *, window: tuple[Optional[int], Optional[int]] = 
     return "\n".join(lines) + "\n"
 
 
-def confusion_table(confusion: dict[str, Counter[str]]) -> list[str]:
+def confusion_table(names: Sequence[str], matrix: Sequence[Sequence[int]]) -> list[str]:
     """Rows A's labels, columns B's, right-aligned counts."""
-    rows = sorted(confusion)
-    cols = sorted({label for row in confusion.values() for label in row})
-    head_width = max([len(r) for r in rows] + [3])
-    widths = [max(len(c), max(len(str(confusion[r].get(c, 0))) for r in rows)) for c in cols]
-    out = [" " * head_width + "".join(f"  {c:>{w}}" for c, w in zip(cols, widths))]
-    for r in rows:
-        out.append(f"{r:<{head_width}}" + "".join(f"  {confusion[r].get(c, 0):>{w}}" for c, w in zip(cols, widths)))
+    head_width = max([len(n) for n in names] + [3])
+    widths = [max(len(n), *(len(str(row[j])) for row in matrix)) for j, n in enumerate(names)]
+    out = [" " * head_width + "".join(f"  {n:>{w}}" for n, w in zip(names, widths))]
+    for name, row in zip(names, matrix):
+        out.append(f"{name:<{head_width}}" + "".join(f"  {n:>{w}}" for n, w in zip(row, widths)))
     return out
 
 
@@ -373,14 +380,13 @@ def plot(result: Comparison, path: Path) -> None:
     hist.set_xlabel(what)
     hist.set_ylabel("events")
     hist.set_title(f"{result.a.topic} vs {result.b.topic}: {len(deltas)} event(s)")
-    rows = sorted(result.confusion)
-    cols = sorted({label for row in result.confusion.values() for label in row})
-    if rows:
-        counts = [[result.confusion[r].get(c, 0) for c in cols] for r in rows]
-        matrix.imshow(counts, cmap="Blues")
-        matrix.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
-        matrix.set_yticks(range(len(rows)), rows)
+    names = result.label_names()
+    if names:
+        counts = result.matrix()
         top = max(max(row) for row in counts) or 1
+        matrix.imshow(counts, cmap="Blues", vmin=0, vmax=top)
+        matrix.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        matrix.set_yticks(range(len(names)), names)
         for i, row in enumerate(counts):
             for j, n in enumerate(row):
                 matrix.text(j, i, str(n), ha="center", va="center", color="white" if n > top / 2 else "black")
