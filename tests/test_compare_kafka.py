@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.kafka_helpers import create_topic
+from tests.kafka_helpers import create_topic, free_port
 from tests.test_cli import acli, fresh, ok
 from tests.test_compare import doc
 
@@ -171,3 +171,10 @@ async def test_compare_plot_without_matplotlib_says_so(base_env: dict[str, str],
     assert proc.returncode == 2 and "--plot needs matplotlib: pip install 'sentiment-worker[bench]'" in proc.stderr, \
         proc.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+async def test_compare_unreachable_brokers_exit_2(base_env: dict[str, str]) -> None:
+    env = {**base_env, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "KAFKA_TIMEOUT_S": "2"}
+    proc = await acli(["compare", "a", "b"], env)
+    assert proc.returncode == 2 and "error: Cannot reach Kafka" in proc.stderr and "Traceback" not in proc.stderr, \
+        proc.stderr

@@ -40,6 +40,7 @@ from typing import Any, Optional
 import orjson
 from aiokafka import TopicPartition
 
+from worker.registry.wire import HEADER_SIZE, MAGIC
 from worker.settings import Settings
 from worker.tools.kafka_io import (
     BEGINNING,
@@ -55,7 +56,6 @@ from worker.tools.kafka_io import (
 )
 
 HEADS = ("single_label", "multi_label", "regression")
-FRAMED = 0  # Schema Registry wire format's magic byte (worker.registry.wire.MAGIC)
 
 
 # ----------------------------------------------------------------------------- one side
@@ -115,7 +115,7 @@ class Side:
 
     topic: str
     events: dict[str, Scored] = field(default_factory=dict)
-    records: int = 0  # read from the topic (in the window)
+    records: int = 0  # read from the topic (from --from's position on)
     duplicates: int = 0  # records whose id came before (the earlier one is replaced)
     unreadable: int = 0  # not a JSON output document
     avro: int = 0  # of those, Schema Registry framed but not JSON (Avro): not decoded here
@@ -132,7 +132,7 @@ class Side:
         doc = _document(value)
         if doc is None:
             self.unreadable += 1
-            if value is not None and len(value) > 5 and value[0] == FRAMED:
+            if value is not None and len(value) > HEADER_SIZE and value[0] == MAGIC:
                 self.avro += 1
             return
         try:
@@ -180,8 +180,8 @@ class Side:
 def _document(value: Optional[bytes]) -> Any:
     if value is None:
         return None
-    if value[:1] == bytes([FRAMED]) and len(value) > 5:
-        value = value[5:]  # OUTPUT_FORMAT=json_schema: the JSON after magic byte and schema id
+    if len(value) > HEADER_SIZE and value[0] == MAGIC:
+        value = value[HEADER_SIZE:]  # OUTPUT_FORMAT=json_schema: the JSON after magic byte and schema id
     try:
         return orjson.loads(value)
     except orjson.JSONDecodeError:
