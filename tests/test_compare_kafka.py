@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.kafka_helpers import create_topic, free_port
-from tests.test_cli import acli, fresh, ok
+from tests.test_cli import acli, cli, fresh, ok
 from tests.test_compare import doc
 
 T0 = int(time.time() * 1000) - 3_600_000  # input events' time: an hour ago, event i at T0 + i s
@@ -178,3 +178,9 @@ async def test_compare_unreachable_brokers_exit_2(base_env: dict[str, str]) -> N
     proc = await acli(["compare", "a", "b"], env)
     assert proc.returncode == 2 and "error: Cannot reach Kafka" in proc.stderr and "Traceback" not in proc.stderr, \
         proc.stderr
+
+
+def test_compare_help(base_env: dict[str, str]) -> None:
+    text = ok(cli(["compare", "--help"], base_env, timeout=30)).stdout
+    for flag in ("--from", "--until", "--json", "--min-agreement", "--plot", "--kafka-bootstrap-servers", "--sasl-mechanism"):
+        assert flag in text, flag
