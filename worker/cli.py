@@ -358,6 +358,78 @@ def tail(
         raise typer.Exit(1)
 
 
+@app.command()
+@with_settings(KAFKA_FIELDS)
+def compare(
+    settings: Settings,
+    topic_a: str = typer.Argument(..., metavar="A", help="Scored topic of one release (e.g. the current model's)."),
+    topic_b: str = typer.Argument(..., metavar="B", help="Scored topic of the other (e.g. the shadow release's)."),
+    since: Optional[str] = typer.Option(
+        None, "--from", help="Only input events (source.timestamp) at or after this time: @EPOCH_MS or ISO 8601 (no zone: local time).",
+    ),
+    until: Optional[str] = typer.Option(None, "--until", help="Only input events before this time (same spellings)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object with every figure, on stdout."),
+    min_agreement: Optional[float] = typer.Option(
+        None, "--min-agreement", min=0.0, max=1.0,
+        help="Exit 1 when the label agreement is lower than this fraction (0..1), or can't be measured.",
+    ),
+    plot_file: Optional[Path] = typer.Option(
+        None, "--plot", help="Write a PNG: histogram of score differences and the confusion matrix (needs matplotlib)."
+    ),
+) -> None:
+    """Where two scored topics disagree: events in both or one, models, label agreement, confusion, score deltas.
+
+    Reads both topics (read_committed) from the beginning up to the end they have when the command
+    starts, and joins their events by id (the last one of an id that was written twice). --from and
+    --until select by the input event's time (source.timestamp), the same on both sides. Exit 0 when
+    both were read, 1 below --min-agreement, 2 on usage errors and unreachable or missing topics.
+    """
+    import orjson
+
+    from worker.kafka.topics import KafkaSetupError
+    from worker.tools import compare as tool
+
+    window = (_time(since, "--from"), _time(until, "--until"))
+    if window[0] is not None and window[1] is not None and window[1] <= window[0]:
+        raise typer.BadParameter("must be later than --from", param_hint="'--until'")
+    if plot_file is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise _fail("--plot needs matplotlib: pip install 'sentiment-worker[bench]'") from None
+    logs.configure(settings.log_level.value, settings.log_format.value)
+    try:
+        result = asyncio.run(tool.compare_topics(settings, topic_a, topic_b, window))
+    except (KafkaSetupError, ToolError) as exc:
+        raise _fail(str(exc)) from None
+    doc = result.as_dict()
+    gate_failed = min_agreement is not None and (result.agreement is None or result.agreement < min_agreement)
+    if min_agreement is not None:
+        doc["min_agreement"] = {"required": min_agreement, "passed": not gate_failed}
+    if as_json:
+        typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    else:
+        typer.echo(tool.report(result, window=window), nl=False)
+    if plot_file is not None:
+        tool.plot(result, plot_file)
+        typer.echo(f"wrote {plot_file}", err=True)
+    if gate_failed:
+        shown = "not measured (no labelled event in both)" if result.agreement is None else f"{result.agreement:.2%}"
+        typer.echo(f"label agreement {shown} is below --min-agreement {min_agreement:.2%}", err=True)
+        raise typer.Exit(1)
+
+
+def _time(text: Optional[str], flag: str) -> Optional[int]:
+    from worker.tools.compare import parse_time
+
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=f"'{flag}'") from None
+
+
 def _start(text: str) -> StartAt:
     try:
         return parse_start(text)
