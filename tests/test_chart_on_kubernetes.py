@@ -114,6 +114,24 @@ def test_every_object_passes_the_api_servers_strict_validation(kube: Kube, name:
         kube.apply(obj, namespace=namespace, dry_run=True)
 
 
+def test_a_backfill_job_installs_and_uninstalls(kube: Kube) -> None:
+    """mode: job on the API server: the Job of the backfill example, accepted with strict validation
+    and the bounded run's settings, and gone with the release."""
+    namespace, release = "t-backfill", "backfill"
+    backfill = (CHART / "examples" / "jobs" / "backfill.yaml").resolve()
+    run_helm(kube, "install", release, str(CHART), "-n", namespace, "--create-namespace", "-f", str(backfill))
+    objs = manifest(kube, release, namespace)
+    (job,) = [o for o in objs if o["kind"] == "Job" and o["metadata"]["name"].startswith(release)]
+    found = kube.get("batch/v1", "Job", namespace, job["metadata"]["name"])
+    assert found and found["spec"]["parallelism"] == found["spec"]["completions"] == 3
+    assert found["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+    (config,) = [o for o in objs if o["kind"] == "ConfigMap" and "RUN_UNTIL" in o.get("data", {})]
+    assert config["data"]["RUN_UNTIL"] == "end"
+    run_helm(kube, "uninstall", release, "-n", namespace)
+    left = kube.get("batch/v1", "Job", namespace, job["metadata"]["name"])
+    assert left is None or left["metadata"].get("deletionTimestamp") is not None
+
+
 def test_the_pods_roll_out_and_the_model_job_completes(kube: Kube) -> None:
     """With fake nodes the Deployment rolls out (init container first) and the pvc source's Job runs
     to completion, on a claim bound to a volume the test provides (there is no provisioner)."""
