@@ -137,6 +137,32 @@ async def produce(
     return [Sent(k, v, m.partition, m.offset) for (k, v), m in zip(records, metas)]
 
 
+async def produce_at(bootstrap: str, topic: str, records: Sequence[tuple[int, int, str]]) -> None:
+    """Input events ``{"text", "id"}`` with the given (partition, timestamp ms, id); every acknowledgement awaited."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, orjson.dumps({"text": f"text {rid}", "id": rid}), partition=p, timestamp_ms=ts)
+            for p, ts, rid in records
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def produce_history(
+    bootstrap: str, topic: str, partitions: int, per_partition: int, step_ms: int
+) -> tuple[int, list[tuple[int, int, str]]]:
+    """A topic of ``partitions`` created and filled with a day-old history: per partition,
+    ``per_partition`` events ``{p}-{i}`` ``step_ms`` apart from ``base``. Returns base and the events."""
+    await create_topic(bootstrap, topic, partitions)
+    base = int(time.time() * 1000) - 86_400_000
+    records = [(p, base + i * step_ms, f"{p}-{i}") for p in range(partitions) for i in range(per_partition)]
+    await produce_at(bootstrap, topic, records)
+    return base, records
+
+
 async def consume_all(
     bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0, settle_s: float = 1.0
 ) -> list[Received]:

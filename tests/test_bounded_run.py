@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
-import orjson
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from pydantic import ValidationError
 
-from tests.kafka_helpers import committed_offsets, consume_all, create_topic, end_offsets
+from tests.kafka_helpers import committed_offsets, consume_all, end_offsets, produce_history
 from worker.pipeline.bounds import RunBounds
 from worker.settings import Settings
 
-DAY_MS = 86_400_000
 TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
 
@@ -73,19 +70,6 @@ def _iso(epoch_ms: int) -> str:
     return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
-async def _produce_at(bootstrap: str, topic: str, records: list[tuple[int, int, str]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(topic, orjson.dumps({"text": f"text {rid}", "id": rid}), partition=p, timestamp_ms=ts)
-            for p, ts, rid in records
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 async def _wait_exits(workers: list, timeout_s: float) -> list[int]:
     return await asyncio.gather(*(asyncio.to_thread(w.wait_exit, timeout_s) for w in workers))
 
@@ -96,11 +80,8 @@ async def test_a_backfill_from_a_time_with_three_replicas_scores_exactly_that_an
     worker_factory, bootstrap: str, topics: dict, guarantee: str
 ) -> None:
     topic, group = topics["input_topic"], topics["group_id"]
-    await create_topic(bootstrap, topic, 6)
-    base = int(time.time() * 1000) - DAY_MS
+    base, records = await produce_history(bootstrap, topic, 6, 200, 1_000)
     cut = base + 100_000
-    records = [(p, base + i * 1_000, f"{p}-{i}") for p in range(6) for i in range(200)]
-    await _produce_at(bootstrap, topic, records)
     wanted = sorted(rid for _, ts, rid in records if ts >= cut)
 
     workers = [worker_factory(**topics, processing_guarantee=guarantee, start_from=_iso(cut), run_until="end",
@@ -120,10 +101,7 @@ async def test_a_backfill_from_a_time_with_three_replicas_scores_exactly_that_an
 async def test_partitions_moved_mid_run_are_finished_by_their_new_owner(worker_factory, bootstrap: str, topics: dict) -> None:
     """A second replica joins while the first is scoring: partitions move, both runs end, nothing is lost."""
     topic = topics["input_topic"]
-    await create_topic(bootstrap, topic, 4)
-    base = int(time.time() * 1000) - DAY_MS
-    records = [(p, base + i, f"{p}-{i}") for p in range(4) for i in range(1500)]
-    await _produce_at(bootstrap, topic, records)
+    _, records = await produce_history(bootstrap, topic, 4, 1500, 1)
     first = worker_factory(**topics, run_until="end", batch_max_size=16).wait_joined()
     second = worker_factory(**topics, run_until="end", batch_max_size=16)
     assert await _wait_exits([first, second], 300) == [0, 0], [w.log_text()[-2000:] for w in (first, second)]
@@ -136,11 +114,8 @@ async def test_partitions_moved_mid_run_are_finished_by_their_new_owner(worker_f
 @pytest.mark.kafka
 async def test_run_until_a_time_stops_at_the_first_record_at_or_after_it(worker_factory, bootstrap: str, topics: dict) -> None:
     topic = topics["input_topic"]
-    await create_topic(bootstrap, topic, 2)
-    base = int(time.time() * 1000) - DAY_MS
+    base, records = await produce_history(bootstrap, topic, 2, 50, 1_000)
     stop = base + 30_000
-    records = [(p, base + i * 1_000, f"{p}-{i}") for p in range(2) for i in range(50)]
-    await _produce_at(bootstrap, topic, records)
     worker = worker_factory(**topics, run_until=_iso(stop))
     assert await _wait_exits([worker], 120) == [0], worker.log_text()[-2000:]
     wanted = sorted(rid for _, ts, rid in records if ts < stop)

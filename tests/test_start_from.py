@@ -6,29 +6,16 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
-import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from tests.kafka_helpers import consume_all, create_topic, end_offsets, wait_committed
+from tests.kafka_helpers import consume_all, create_topic, end_offsets, produce_at, produce_history, wait_committed
 from worker.kafka.positions import StartAt, place_uncommitted
 from worker.settings import Settings
 
 pytestmark = pytest.mark.kafka
 DAY_MS = 86_400_000
-
-
-async def _produce_at(bootstrap: str, topic: str, records: list[tuple[int, int, str]]) -> None:
-    """(partition, timestamp ms, id) each, in order; every acknowledgement awaited."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for partition, ts, record_id in records:
-            doc = orjson.dumps({"text": f"text {record_id}", "id": record_id})
-            await producer.send_and_wait(topic, doc, partition=partition, timestamp_ms=ts)
-    finally:
-        await producer.stop()
 
 
 def _iso(epoch_ms: int) -> str:
@@ -59,7 +46,7 @@ async def test_uncommitted_partitions_start_at_the_time_and_a_committed_one_stay
     await create_topic(bootstrap, topic, 3)
     base = int(time.time() * 1000) - DAY_MS
     cut = base + 5_000
-    await _produce_at(bootstrap, topic, [(p, base + i * 1_000, f"{p}-{i}") for p in (0, 1) for i in range(10)]
+    await produce_at(bootstrap, topic, [(p, base + i * 1_000, f"{p}-{i}") for p in (0, 1) for i in range(10)]
                       + [(2, base + i * 100, f"2-{i}") for i in range(10)])
     tps = [TopicPartition(topic, p) for p in range(3)]
     client = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
@@ -82,11 +69,8 @@ async def test_a_new_group_scores_exactly_the_records_from_the_time_on_then_comm
     worker_factory, bootstrap: str, topics: dict, guarantee: str
 ) -> None:
     topic, group = topics["input_topic"], topics["group_id"]
-    await create_topic(bootstrap, topic, 2)
-    base = int(time.time() * 1000) - DAY_MS
+    base, records = await produce_history(bootstrap, topic, 2, 30, 1_000)
     cut = base + 20_000
-    records = [(p, base + i * 1_000, f"{p}-{i}") for p in (0, 1) for i in range(30)]
-    await _produce_at(bootstrap, topic, records)
     wanted = sorted(record_id for _, ts, record_id in records if ts >= cut)
     assert len(wanted) == 20
 
@@ -101,7 +85,7 @@ async def test_a_new_group_scores_exactly_the_records_from_the_time_on_then_comm
 
     # The group has committed: a later start, whatever START_FROM says, goes on from its commits,
     # and scores records older than any START_FROM time.
-    await _produce_at(bootstrap, topic, [(0, base - DAY_MS, "old-0"), (1, base - DAY_MS, "old-1")])
+    await produce_at(bootstrap, topic, [(0, base - DAY_MS, "old-0"), (1, base - DAY_MS, "old-1")])
     worker = worker_factory(**topics, processing_guarantee=guarantee, start_from="latest").wait_ready()
     received = await consume_all(bootstrap, topics["output_topic"], expected=len(wanted) + 2, settle_s=1.5)
     assert sorted(r.doc["id"] for r in received) == sorted([*wanted, "old-0", "old-1"])

@@ -423,47 +423,22 @@ class Settings(BaseSettings):
     @field_validator("start_from")
     @classmethod
     def _check_start_from(cls, value: Optional[str]) -> Optional[str]:
-        if value is None or not value.strip():
-            return None
-        from datetime import datetime
-
-        from worker.kafka.positions import parse_start
-
-        value = value.strip()
-        wanted = "earliest, latest, an ISO-8601 time with a zone (2026-12-01T00:00:00Z) or @EPOCH_MS"
-        try:
-            start = parse_start(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a start: use {wanted}") from None
-        if start.kind not in ("beginning", "end", "time"):
-            raise ValueError(f"{value!r} is not a start: use {wanted}")
-        if start.kind == "time" and not value.lower().startswith(("@", "s@")) and datetime.fromisoformat(value).tzinfo is None:
-            raise ValueError(f"{value!r} has no time zone: add Z or an offset such as +01:00")
-        return value
+        return _position(value, "start", ("beginning", "end", "time"),
+                         "earliest, latest, an ISO-8601 time with a zone (2026-12-01T00:00:00Z) or @EPOCH_MS")
 
     @field_validator("run_until")
     @classmethod
     def _check_run_until(cls, value: Optional[str]) -> Optional[str]:
-        if value is None or not value.strip():
-            return None
         import time
-        from datetime import datetime
 
         from worker.kafka.positions import parse_start
 
-        value = value.strip()
-        wanted = "end, a past ISO-8601 time with a zone (2026-12-01T00:00:00Z) or @EPOCH_MS"
-        try:
-            until = parse_start(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a stop: use {wanted}") from None
-        if until.kind not in ("end", "time") or value.lower() in ("latest", "newest"):
-            raise ValueError(f"{value!r} is not a stop: use {wanted}")
-        if until.kind == "time":
-            if not value.lower().startswith(("@", "s@")) and datetime.fromisoformat(value).tzinfo is None:
-                raise ValueError(f"{value!r} has no time zone: add Z or an offset such as +01:00")
-            if until.value > time.time() * 1000:
-                raise ValueError(f"{value!r} is in the future: a bounded run stops at records already written")
+        value = _position(value, "stop", ("end", "time"),
+                          "end, a past ISO-8601 time with a zone (2026-12-01T00:00:00Z) or @EPOCH_MS")
+        if value is not None and value.lower() in ("latest", "newest"):
+            raise ValueError(f"{value!r} is not a stop: use end")
+        if value is not None and parse_start(value).value > time.time() * 1000:
+            raise ValueError(f"{value!r} is in the future: a bounded run stops at records already written")
         return value
 
     @field_validator("schema_registry_url")
@@ -576,6 +551,26 @@ class Settings(BaseSettings):
     def summary(self) -> dict[str, Any]:
         """What is safe to log at start: secrets are masked by SecretStr."""
         return self.model_dump(mode="json")
+
+
+def _position(value: Optional[str], what: str, kinds: tuple[str, ...], wanted: str) -> Optional[str]:
+    """START_FROM / RUN_UNTIL: a position of one of ``kinds``; a time must say its zone."""
+    if value is None or not value.strip():
+        return None
+    from datetime import datetime
+
+    from worker.kafka.positions import parse_start
+
+    value = value.strip()
+    try:
+        position = parse_start(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a {what}: use {wanted}") from None
+    if position.kind not in kinds:
+        raise ValueError(f"{value!r} is not a {what}: use {wanted}")
+    if position.kind == "time" and not value.lower().startswith(("@", "s@")) and datetime.fromisoformat(value).tzinfo is None:
+        raise ValueError(f"{value!r} has no time zone: add Z or an offset such as +01:00")
+    return value
 
 
 # Variables of other software that look like ours (OpenSSL's CA bundle looks like SSL_CERTFILE).
