@@ -67,6 +67,20 @@ def test_noise_never_makes_a_term_negative_and_too_few_shapes_fit_nothing() -> N
     assert fit_costs([Observation.of_calls([(8, 32)], 0.01), Observation.of_calls([(1, 8)], 0.001)]) is None
 
 
+def test_a_fit_never_puts_a_call_at_zero() -> None:
+    """Probes timed on a busy CPU (the larger ones waited for a core) once fitted a call at 0: the
+    planner then made one call per distinct length. A fit has a call term, or there is no fit."""
+    # Times that tokens and attention explain alone (the small calls too fast for any call cost).
+    timed = [Observation.of_calls([(r, w)], 1e-6 * r * w + 2e-9 * r * w * w)
+             for r, w in [(1, 8), (1, 16), (4, 32), (8, 64), (16, 128), (64, 256)]]
+    fitted = fit_costs(timed)
+    assert fitted is None or fitted[0] > 0
+    learner = CostLearner(PRIORS["cpu"])
+    for observation in timed:
+        learner.probe(observation)
+    assert learner.refit().call_s > 0  # no fit: the prior stays
+
+
 def test_the_learner_starts_from_the_prior_and_refits_every_few_batches() -> None:
     learner = CostLearner(PRIORS["cpu"], refit_every=4)
     assert learner.current == PRIORS["cpu"] and learner.current.call_overhead_tokens == 32

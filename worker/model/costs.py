@@ -165,7 +165,7 @@ def fit_costs(
 
     Exact non-negative least squares for three unknowns: every subset of the
     terms is solved unconstrained, and the best solution that has no negative
-    term wins; the per-token term is always in it. Observations the first fit
+    term wins; the call and per-token terms are always in it. Observations the first fit
     misses by far more than the rest (a call that waited for a busy CPU, a
     garbage collection; at most a tenth of them, so that a change of regime is
     never dropped as noise) are dropped and the fit made again. None when the
@@ -208,8 +208,11 @@ def _nnls_relative(features: np.ndarray, seconds: np.ndarray, weight: np.ndarray
     best: "tuple[float, np.ndarray] | None" = None
     for size in (3, 2, 1):
         for terms in itertools.combinations(range(3), size):
-            if 1 not in terms:
-                continue  # every layer but attention is linear in tokens: a model has a per-token cost
+            if 0 not in terms or 1 not in terms:
+                # A call has a fixed cost (Python dispatch, kernel launches, reading the weights) and
+                # every layer but attention is linear in tokens. A fit without either is noise
+                # (probes timed on a busy CPU fitted a call at 0: one call per distinct length).
+                continue
             columns = rows[:, terms]
             if np.linalg.matrix_rank(columns) < size:
                 continue
