@@ -461,6 +461,26 @@ def check(settings: Settings) -> None:
         typer.secho("  (random weights: these predictions mean nothing)", fg=typer.colors.YELLOW)
 
 
+@model_app.command("export")
+@with_settings(["model", "model_revision", "device", "precision", "max_length", "attention"])
+def export(settings: Settings) -> None:
+    """Export the configured model to ONNX (int8-quantised for PRECISION=int8) into the cache that
+    RUNTIME=onnxruntime reads, so replicas start without exporting (images, volumes); prints its path."""
+    from worker.model import onnx_runtime
+    from worker.model.loading import ModelLoadError, load_pretrained
+
+    try:
+        loaded = load_pretrained(
+            settings.model, revision=settings.model_revision, device=settings.device,
+            precision=settings.precision.value, max_length=settings.max_length, attention=settings.attention.value,
+            defer_torch=True,
+        )
+        path = onnx_runtime.exported(loaded.model, loaded.tokenizer, loaded.info)
+    except (ModelLoadError, onnx_runtime.OnnxUnavailable) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(str(path))
+
+
 def main() -> None:
     app(args=legacy_bool_flags(sys.argv[1:]))
 
