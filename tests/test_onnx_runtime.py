@@ -185,9 +185,15 @@ def test_model_export_writes_the_file_the_worker_then_reads(bert: Path, base_env
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = Path(proc.stdout.strip().splitlines()[-1])
     assert path.is_file() and path.parent == bert / "onnx" and path.name.startswith("fp32-")
+    made = exports(bert)
     monkeypatch.setattr(onnx_runtime, "_export", lambda *args: pytest.fail("exported again"))
     engine = load(bert, runtime="onnxruntime", precision="fp32")
     assert engine.info.runtime == "onnxruntime"
+    check = subprocess.run([sys.executable, "-m", "worker", "model", "check", "--runtime", "onnxruntime"], env=env,
+                           cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert "(fp32, onnxruntime)" in check.stdout
+    assert exports(bert) == made, "check exported again"
 
 
 def test_model_export_refuses_what_onnx_runtime_cannot_run(bert: Path, base_env: dict[str, str]) -> None:

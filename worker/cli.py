@@ -441,7 +441,7 @@ def init_random(
 
 
 @model_app.command("check")
-@with_settings(["model", "model_revision", "device", "precision", "max_length", "attention", "torch_compile"])
+@with_settings(["model", "model_revision", "device", "precision", "max_length", "attention", "torch_compile", "runtime"])
 def check(settings: Settings) -> None:
     """Load the configured model and score two texts: exits non-zero if it can't be loaded."""
     from worker.model.engine import ModelLoadError, SentimentEngine
@@ -451,7 +451,10 @@ def check(settings: Settings) -> None:
     except ModelLoadError as exc:
         raise _fail(str(exc)) from None
     info = engine.info
-    typer.echo(f"model {info.name} revision {info.revision} on {info.device} ({info.precision}), labels {list(info.labels)}")
+    typer.echo(
+        f"model {info.name} revision {info.revision} on {info.device} ({info.precision}, {info.runtime}), "
+        f"labels {list(info.labels)}"
+    )
     for text, prediction in zip(
         ["I loved this, wonderful!", "This was a terrible waste of time."],
         engine.predict(["I loved this, wonderful!", "This was a terrible waste of time."]),
