@@ -7,8 +7,10 @@ batching, is in tests/test_model_architectures.py (parametrized over both runtim
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -203,6 +205,20 @@ def test_model_export_refuses_what_onnx_runtime_cannot_run(bert: Path, base_env:
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "bf16" in proc.stderr and "Traceback" not in proc.stderr
     assert exports(bert) == []
+
+
+def test_the_bench_ceiling_runs_on_onnx_runtime(tiny_model: Path, tmp_path: Path, base_env: dict[str, str]) -> None:
+    model = shutil.copytree(tiny_model, tmp_path / "tiny")
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker.bench.roles", "ceiling", "--model", str(model), "--workload", "short",
+         "--events", "64", "--precision", "int8", "--device", "cpu", "--batch-size", "32",
+         "--max-batch-tokens", "4096", "--passes", "1", "--runtime", "onnxruntime"],
+        env=base_env, cwd=REPO, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert row["runtime"] == "onnxruntime" and row["events_per_s"] > 0
+    assert list((model / "onnx").glob("int8-*.onnx"))
 
 
 # ----------------------------------------------------------------------------- fallback
