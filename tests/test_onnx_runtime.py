@@ -343,3 +343,34 @@ def test_bad_runtime_is_refused(bert: Path) -> None:
 def _own_hf_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Exports of read-only or hub models must not land in the user's real cache."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+@pytest.mark.kafka
+async def test_the_worker_scores_on_the_runtime_auto_picked(worker_factory, bootstrap, topics, tmp_path: Path) -> None:
+    """RUNTIME=auto through Kafka: the start log names the pick and both probe times; outputs are the model's."""
+    import orjson
+
+    from tests.kafka_helpers import consume_all, create_topic, produce
+
+    model = tmp_path / "bert"
+    FAMILIES["bert"](model, 3, None)
+    await create_topic(bootstrap, topics["input_topic"], 2)
+    texts = [f"{a} {b} film" for a in ("good", "bad", "slow", "fast", "the", "love") for b in ("movie", "price", "day")]
+    await produce(bootstrap, topics["input_topic"],
+                  [(None, orjson.dumps({"text": t, "id": f"e{i}"})) for i, t in enumerate(texts)])
+    worker = worker_factory(**topics, model=str(model), runtime="auto", max_length=64, device="cpu").wait_ready()
+    received = await consume_all(bootstrap, topics["output_topic"], expected=len(texts))
+    loaded = worker.events("model.loaded")[0]
+    assert loaded["runtime"] in ("torch", "onnxruntime")
+    probe = loaded["runtime_probe_ms"]
+    assert set(probe) == {"torch", "onnxruntime"} and loaded["runtime"] == min(probe, key=probe.__getitem__)
+    engine = load(model, runtime="torch")
+    want = {f"e{i}": p for i, p in enumerate(engine.predict(texts))}
+    assert len(received) == len(texts)
+    for r in received:
+        expected = want[r.doc["id"]]
+        assert r.doc["label"] == expected.label
+        assert max(abs(r.doc["scores"][k] - v) for k, v in expected.scores.items()) < 1e-4
