@@ -374,3 +374,20 @@ async def test_the_worker_scores_on_the_runtime_auto_picked(worker_factory, boot
         expected = want[r.doc["id"]]
         assert r.doc["label"] == expected.label
         assert max(abs(r.doc["scores"][k] - v) for k, v in expected.scores.items()) < 1e-4
+
+
+def test_the_runtimes_bench_compares_every_runtime_and_precision(tiny_model: Path, tmp_path: Path, base_env: dict[str, str]) -> None:
+    model = shutil.copytree(tiny_model, tmp_path / "tiny")
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker.bench.runtimes", str(model), "--events", "64", "--batch-size", "32",
+         "--rounds", "2", "--threads", "1"],
+        env=base_env, cwd=REPO, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rounds = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["round"] for r in rounds] == [1, 2]
+    best = rounds[-1]["best_events_per_s"]
+    assert set(best) == {f"{runtime} {precision}{fused}" for runtime, fused in
+                         (("torch", ""), ("onnxruntime", ""), ("onnxruntime", " fused")) for precision in ("fp32", "int8")}
+    assert all(rate > 0 for rate in best.values())
+    assert all(rounds[-1]["best_events_per_s"][k] >= rounds[0]["best_events_per_s"][k] for k in best)
