@@ -42,7 +42,8 @@ OPTIMIZER_TYPES = {
     "bert": "bert", "distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert",
     "electra": "bert",
 }
-# The fused graph, where the optimizer supports the family (see README, "Runtimes", for the figures).
+# The fused graph, where the optimizer supports the family: ahead of the unfused one or within the noise in
+# the measurements (README, "Runtimes"; python -m worker.bench.runtimes compares both).
 OPTIMIZE = True
 
 
