@@ -66,7 +66,7 @@ def test_locks_are_not_stale() -> None:
 
 def test_every_declared_dependency_is_pinned_within_its_range() -> None:
     declared = [*PYPROJECT["dependencies"]]
-    for extra in ("registry", "test", "bench"):
+    for extra in ("registry", "onnx", "test", "bench"):
         declared += PYPROJECT["optional-dependencies"][extra]
     build = (REQ / "build.in").read_text()
     declared += [line for line in build.splitlines() if line and not line.startswith("#")]
@@ -78,6 +78,8 @@ def test_every_declared_dependency_is_pinned_within_its_range() -> None:
     for spec in PYPROJECT["dependencies"]:
         name = canonical(Requirement(spec).name)
         assert name in RUNTIME or name in TORCH_ONLY, f"runtime dependency {name} missing from runtime.txt"
+    for spec in PYPROJECT["optional-dependencies"]["onnx"]:  # the images run RUNTIME=onnxruntime too
+        assert canonical(Requirement(spec).name) in RUNTIME, f"{spec} missing from runtime.txt"
 
 
 def test_runtime_and_model_locks_are_subsets_of_the_dev_lock() -> None:

@@ -4,11 +4,12 @@ For BERT, RoBERTa, XLM-R, DeBERTa-v2 and ModernBERT (random weights, tokenizers
 generated in tests/model_builders.py) and each head (single-label: softmax;
 multi-label: a sigmoid per label; regression: the raw value), the engine's
 batched, length-sorted, padded calls must give what the model gives for each
-text alone, unpadded: |delta| < 1e-4 in fp32.
+text alone, unpadded: |delta| < 1e-4 in fp32, with torch and with ONNX Runtime.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import orjson
@@ -25,6 +26,9 @@ TEXTS = [
     "the movie was great", "terrible service, never again", "ok", "I love this product, but the price is bad",
     " ".join(["quite good film"] * 20), "word", "Ünïcödé tëxt with ✓ marks!", "a b c d e f g h i j k l m n o p",
 ]
+# ONNX Runtime (RUNTIME=onnxruntime, extra onnx) must score every family and head as torch does.
+RUNTIMES = ["torch", pytest.param("onnxruntime", marks=pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None, reason="extra onnx not installed"))]
 HEADS = {
     "single": (3, None, Head.single_label),
     "multi": (4, "multi_label_classification", Head.multi_label),
@@ -64,13 +68,17 @@ def reference(path: Path, texts: list[str], max_length: int) -> list[list[float]
     return out
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("head", list(HEADS))
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_engine_matches_transformers(models, family: str, head: str) -> None:
+def test_engine_matches_transformers(models, family: str, head: str, runtime: str) -> None:
     path = models[(family, head)]
     max_length = 32
-    engine = SentimentEngine.load(str(path), device="cpu", precision="fp32", max_length=max_length, max_batch_tokens=128)
+    engine = SentimentEngine.load(
+        str(path), device="cpu", precision="fp32", max_length=max_length, max_batch_tokens=128, runtime=runtime
+    )
     assert engine.info.head is HEADS[head][2]
+    assert engine.info.runtime == runtime, "ONNX Runtime fell back to torch"
     scores = engine.infer(engine.encode(TEXTS))
     assert scores.report.model_calls > 1, "the batch should be cut into padded calls"
     want = reference(path, TEXTS, max_length)

@@ -514,7 +514,8 @@ def init_random(
 
 @model_app.command("check")
 @with_settings(
-    ["model", "model_revision", "device", "precision", "max_length", "attention", "torch_compile", "compile_mode"]
+    ["model", "model_revision", "device", "precision", "max_length", "attention", "torch_compile", "compile_mode",
+     "runtime"]
 )
 def check(settings: Settings) -> None:
     """Load the configured model and score two texts: exits non-zero if it can't be loaded."""
@@ -525,7 +526,10 @@ def check(settings: Settings) -> None:
     except ModelLoadError as exc:
         raise _fail(str(exc)) from None
     info = engine.info
-    typer.echo(f"model {info.name} revision {info.revision} on {info.device} ({info.precision}), labels {list(info.labels)}")
+    typer.echo(
+        f"model {info.name} revision {info.revision} on {info.device} ({info.precision}, {info.runtime}), "
+        f"labels {list(info.labels)}"
+    )
     for text, prediction in zip(
         ["I loved this, wonderful!", "This was a terrible waste of time."],
         engine.predict(["I loved this, wonderful!", "This was a terrible waste of time."]),
@@ -533,6 +537,26 @@ def check(settings: Settings) -> None:
         typer.echo(f"  {prediction.label:>10} {prediction.score:.3f}  {text}")
     if info.random_weights:
         typer.secho("  (random weights: these predictions mean nothing)", fg=typer.colors.YELLOW)
+
+
+@model_app.command("export")
+@with_settings(["model", "model_revision", "device", "precision", "max_length", "attention"])
+def export(settings: Settings) -> None:
+    """Export the configured model to ONNX (int8-quantised for PRECISION=int8) into the cache that
+    RUNTIME=onnxruntime reads, so replicas start without exporting (images, volumes); prints its path."""
+    from worker.model import onnx_runtime
+    from worker.model.loading import ModelLoadError, load_pretrained
+
+    try:
+        loaded = load_pretrained(
+            settings.model, revision=settings.model_revision, device=settings.device,
+            precision=settings.precision.value, max_length=settings.max_length, attention=settings.attention.value,
+            defer_torch=True,
+        )
+        path = onnx_runtime.exported(loaded.model, loaded.tokenizer, loaded.info)
+    except (ModelLoadError, onnx_runtime.OnnxUnavailable) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(str(path))
 
 
 def main() -> None:

@@ -515,6 +515,8 @@ def _run(
         revision=info.revision,
         device=info.device,
         precision=info.precision,
+        runtime=info.runtime,
+        runtime_probe_ms={k: round(v, 2) for k, v in engine.runtime_probe.items()} if engine.runtime_probe else None,
         head=info.head.value,
         labels=list(info.labels),
         seconds=round(seconds, 2),

@@ -53,6 +53,14 @@ class Precision(str, Enum):
     int8 = "int8"  # CPU only: dynamic quantisation of the Linear layers
 
 
+class Runtime(str, Enum):
+    """What runs the model's forward pass (worker.model.onnx_runtime)."""
+
+    torch = "torch"
+    onnxruntime = "onnxruntime"  # exported to ONNX once, cached next to the model; torch where it can't run
+    auto = "auto"  # both timed at start, the faster kept
+
+
 class Attention(str, Enum):
     auto = "auto"  # sdpa where transformers supports it for the model, else eager
     sdpa = "sdpa"
@@ -351,6 +359,11 @@ class Settings(BaseSettings):
         CompileMode.default,
         description="torch.compile mode with TORCH_COMPILE=true: default, or reduce-overhead (CUDA graphs: "
         "call shapes rounded up to a short series so each is captured once).",
+    )
+    runtime: Runtime = Field(
+        Runtime.torch,
+        description="What runs the model: torch, onnxruntime (extra onnx; exported once and cached, torch where "
+        "it can't run the model) or auto (both timed at start, the faster kept).",
     )
     long_text: LongText = Field(
         LongText.truncate, description="truncate: score the first MAX_LENGTH tokens; windows: average overlapping windows."

@@ -89,6 +89,7 @@ def ceiling(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--max-batch-tokens", type=int, required=True)
     parser.add_argument("--attention", default="auto")
+    parser.add_argument("--runtime", default="torch", help="torch, onnxruntime or auto (RUNTIME)")
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--sim-ns-per-token", type=float, default=None,
                         help="replace the forward pass by a simulated device of this speed")
@@ -101,7 +102,7 @@ def ceiling(argv: list[str]) -> None:
     allocator = use_allocator(os.environ.get("ALLOCATOR", "auto"))  # the worker's: like with like
     engine = SentimentEngine.load(
         args.model, device=args.device, precision=args.precision, max_batch_tokens=args.max_batch_tokens,
-        max_batch_rows=args.batch_size, attention=args.attention,
+        max_batch_rows=args.batch_size, attention=args.attention, runtime=args.runtime,
     )
     sim = None
     if args.sim_ns_per_token is not None:
@@ -158,6 +159,7 @@ def ceiling(argv: list[str]) -> None:
         "planner_cost": planner_cost(engine.costs.current),
         "peak_rss_mib": self_peak_rss_mib(),
         "attention": engine.info.attention,
+        "runtime": engine.info.runtime,
         "allocator": allocator,
     }))
 

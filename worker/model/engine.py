@@ -15,7 +15,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -23,7 +23,15 @@ import torch
 
 from worker.model.batching import SubBatch, plan_sub_batches
 from worker.model.costs import PROBE_REPEATS, PROBE_SHAPES, CostLearner, Observation, prior_for
-from worker.model.loading import Head, ModelInfo, ModelLoadError, load_pretrained
+from worker.model.loading import (
+    Head,
+    ModelInfo,
+    ModelLoadError,
+    default_threads,
+    finish_torch,
+    load_pretrained,
+    takes_token_types,
+)
 from worker.model.report import BatchReport, CostFit
 from worker.model.shapes import bucket_rows, bucket_width
 
@@ -40,6 +48,12 @@ CHARS_PER_TOKEN_LIMIT = 64
 PROBE_BUDGET_S = 2.0
 # A call overhead beyond any budget plans the same as an infinite one, without infinities in the planner.
 MAX_CALL_OVERHEAD_TOKENS = 1e12
+RUNTIMES = ("torch", "onnxruntime", "auto")
+# RUNTIME=auto: each runtime is timed on calls of this shape (rows, tokens; within the batch limits) for about
+# this long, after one untimed call; the faster best call wins.
+RUNTIME_PROBE_SHAPE = (32, 32)
+RUNTIME_PROBE_BUDGET_S = 2.0
+RUNTIME_PROBE_REPEATS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +175,7 @@ class SentimentEngine:
         self.long_text = info.long_text
         self.window_stride = _usable_stride(window_stride, max_length, tokenizer) if self.long_text == "windows" else window_stride
         self._forward: Forward = forward if forward is not None else model
-        self._device = next(model.parameters()).device
+        self._device = torch.device(info.device)  # not the weights': with ONNX Runtime torch holds none
         # One cost model per engine, so per model, device and precision; learn_costs=False keeps the prior.
         self.costs = costs if costs is not None else CostLearner(prior_for(self._device.type))
         self.learn_costs = learn_costs
@@ -172,9 +186,8 @@ class SentimentEngine:
         self._rust = _batch_tokenizer(tokenizer, max_length, self.window_stride if self.long_text == "windows" else 0)
         # BERT-style models embed a segment id per token; single texts are segment 0 throughout,
         # but a tokenizer may say otherwise, so they are passed where both sides take them.
-        self._type_ids = "token_type_ids" in getattr(tokenizer, "model_input_names", ()) and _accepts(
-            model, "token_type_ids"
-        )
+        self._type_ids = takes_token_types(model, tokenizer)
+        self.runtime_probe: Optional[dict[str, float]] = None  # RUNTIME=auto: ms per probe call of each runtime
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "SentimentEngine":
@@ -193,6 +206,7 @@ class SentimentEngine:
             compile_mode=settings.compile_mode.value,
             long_text=settings.long_text.value,
             window_stride=settings.window_stride,
+            runtime=settings.runtime.value,
         )
 
     @classmethod
@@ -212,8 +226,15 @@ class SentimentEngine:
         compile_mode: str = "default",
         long_text: str = "truncate",
         window_stride: int = 128,
+        runtime: str = "torch",
     ) -> "SentimentEngine":
-        """Load from a local directory or the hub (see :func:`worker.model.loading.load_pretrained`)."""
+        """Load from a local directory or the hub (see :func:`worker.model.loading.load_pretrained`).
+
+        ``runtime``: torch, onnxruntime (see :mod:`worker.model.onnx_runtime`; where it can't
+        run the model, one warning and torch), or auto (both timed, the faster kept).
+        """
+        if runtime not in RUNTIMES:
+            raise ModelLoadError(f"RUNTIME={runtime!r}: must be one of {', '.join(RUNTIMES)}")
         loaded = load_pretrained(
             source,
             revision=revision,
@@ -225,17 +246,68 @@ class SentimentEngine:
             compile=compile,
             compile_mode=compile_mode,
             long_text=long_text,
+            defer_torch=runtime != "torch",
         )
-        return cls(
-            loaded.model,
-            loaded.tokenizer,
-            loaded.info,
-            max_length=max_length,
-            max_batch_tokens=max_batch_tokens,
-            max_batch_rows=max_batch_rows,
+        limits = dict(
+            max_length=max_length, max_batch_tokens=max_batch_tokens, max_batch_rows=max_batch_rows,
             window_stride=window_stride,
-            forward=loaded.forward if loaded.forward is not loaded.model else None,
         )
+        info = loaded.info
+        onnx_forward = None
+        if runtime != "torch":
+            from worker.model import onnx_runtime
+
+            try:
+                onnx_forward = onnx_runtime.build(
+                    loaded.model, loaded.tokenizer, info, threads=threads or default_threads()
+                )
+            except onnx_runtime.OnnxUnavailable as exc:
+                log.warning("RUNTIME=%s: scoring with torch, ONNX Runtime can't run this model: %s", runtime, exc)
+        torch_engine = None
+        if onnx_forward is None or runtime == "auto":
+            model, forward = finish_torch(loaded.model, info.precision, compile, info.compile_mode)
+            torch_engine = cls(model, loaded.tokenizer, info, forward=forward if forward is not model else None, **limits)
+            if onnx_forward is None:
+                return torch_engine
+        onnx_info = replace(info, runtime="onnxruntime", compiled=False)
+        onnx_engine = cls(loaded.model, loaded.tokenizer, onnx_info, forward=onnx_forward, **limits)
+        if torch_engine is not None:
+            timings = {"torch": torch_engine._probe_ms(), "onnxruntime": onnx_engine._probe_ms()}
+            faster = min(timings, key=timings.__getitem__)
+            rows, width = torch_engine._probe_shape()
+            log.info(
+                "RUNTIME=auto picked %s: %s per %dx%d call (best of up to %d)", faster,
+                ", ".join(f"{name} {ms:.1f} ms" for name, ms in timings.items()), rows, width, RUNTIME_PROBE_REPEATS,
+            )
+            chosen = torch_engine if faster == "torch" else onnx_engine
+            chosen.runtime_probe = timings
+            if chosen is torch_engine:
+                return torch_engine
+        torch_engine = None
+        _free_weights(loaded.model)
+        return onnx_engine
+
+    def _probe_shape(self) -> tuple[int, int]:
+        rows, width = RUNTIME_PROBE_SHAPE
+        width = min(width, self.max_length)
+        rows = max(1, min(rows, self.max_batch_rows, self.max_batch_tokens // width))
+        return rows, width
+
+    def _probe_ms(self) -> float:
+        """The best time of a few calls of a short-text batch (after an untimed first call), for RUNTIME=auto."""
+        ids = self.encode(["a calm and ordinary sentence to time the model with " * 8]).input_ids[0]
+        rows, width = self._probe_shape()
+        width = min(width, len(ids))
+        row = [*ids[: width - 1], ids[-1]]
+        type_rows = [[0] * width] * rows if self._type_ids else None
+        plan = [SubBatch(tuple(range(rows)), width)]
+        self._run_calls([row] * rows, type_rows, plan)
+        times: list[float] = []
+        spent = 0.0
+        while len(times) < RUNTIME_PROBE_REPEATS and (not times or spent + min(times) <= RUNTIME_PROBE_BUDGET_S):
+            times.append(self._run_calls([row] * rows, type_rows, plan)[1])
+            spent += times[-1]
+        return min(times) * 1e3
 
     def with_forward(self, forward: Forward, *, learn_costs: bool = True) -> "SentimentEngine":
         """The same engine with another forward function (the benchmark's no-op model, a simulated device).
@@ -315,7 +387,8 @@ class SentimentEngine:
     def cost_key(self) -> str:
         """What the cost model is for: it holds for one model on one device at one precision."""
         info = self.info
-        return f"{info.name}@{info.revision or 'local'}/{info.device}/{info.precision}"
+        runtime = "" if info.runtime == "torch" else f"/{info.runtime}"
+        return f"{info.name}@{info.revision or 'local'}/{info.device}/{info.precision}{runtime}"
 
     def plan(self, encoded: Encoded) -> list[SubBatch]:
         """The model calls of a batch, cut under the cost model learnt so far (on bucketed widths with graphs)."""
@@ -489,6 +562,13 @@ class SentimentEngine:
         return self.costs.refit()
 
 
+def _free_weights(model: Any) -> None:
+    """Hand the torch weights back once ONNX Runtime holds its own copy (the module stays, on the meta device)."""
+    model.to("meta")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _activate(logits: np.ndarray, head: Head) -> np.ndarray:
     """Logits to the head's outputs, on the host in float64.
 
@@ -502,16 +582,6 @@ def _activate(logits: np.ndarray, head: Head) -> np.ndarray:
     if head is Head.multi_label:
         return 1.0 / (1.0 + np.exp(-logits))
     return logits
-
-
-def _accepts(model: Any, name: str) -> bool:
-    """Whether the model's forward takes an argument of this name."""
-    import inspect
-
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _batch_tokenizer(tokenizer: Any, max_length: int, stride: int) -> Any:

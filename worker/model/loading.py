@@ -55,6 +55,7 @@ class ModelInfo:
     compile_mode: str = "default"  # torch.compile's mode when compiled: default or reduce-overhead (CUDA graphs)
     long_text: str = "truncate"  # truncate or windows
     head: Head = Head.single_label
+    runtime: str = "torch"  # what runs the forward: torch or onnxruntime
 
     def as_output(self) -> dict[str, Optional[str]]:
         """The ``model`` block of every output event."""
@@ -170,6 +171,7 @@ def load_pretrained(
     compile: bool = False,
     compile_mode: str = "default",
     long_text: str = "truncate",
+    defer_torch: bool = False,
 ) -> Loaded:
     """Load model and tokenizer from a local directory or the hub (or its cache).
 
@@ -180,6 +182,8 @@ def load_pretrained(
     (dynamic shapes; the first calls compile, so warm up) in ``compile_mode``
     (``reduce-overhead`` also captures CUDA graphs on a GPU). ``threads``: CPU
     threads for inference, default the cores this process may use.
+    ``defer_torch``: leave the model as loaded (not quantised, not compiled), for
+    an ONNX export; :func:`finish_torch` does the rest if torch runs it after all.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -237,16 +241,11 @@ def load_pretrained(
         )
     model.eval().to(torch_device)
     attn_used = str(getattr(model.config, "_attn_implementation", None) or "eager")
-    if precision == "int8":
-        model = quantize_int8(model)
     forward = model
     if compile_mode not in COMPILE_MODES:
         raise ModelLoadError(f"COMPILE_MODE={compile_mode!r}: must be one of {', '.join(COMPILE_MODES)}")
-    if compile:
-        try:
-            forward = torch.compile(model, dynamic=True, mode=compile_mode)
-        except Exception as exc:  # noqa: BLE001 - backend missing (no compiler, unsupported platform)
-            raise ModelLoadError(f"TORCH_COMPILE=true but torch.compile failed: {exc}") from exc
+    if not defer_torch:
+        model, forward = finish_torch(model, precision, compile, compile_mode)
     labels = tuple(str(model.config.id2label[i]) for i in range(model.config.num_labels))
     limit = usable_positions(model.config)
     if limit and max_length > limit:
@@ -265,6 +264,31 @@ def load_pretrained(
         head=head_of(model.config),
     )
     return Loaded(model, tokenizer, info, forward)
+
+
+def finish_torch(model: Any, precision: str, compile: bool, compile_mode: str = "default") -> tuple[Any, Any]:
+    """The model torch runs: int8 quantised, and (model, forward) where forward may be the compiled module."""
+    if precision == "int8":
+        model = quantize_int8(model)
+    forward = model
+    if compile:
+        try:
+            forward = torch.compile(model, dynamic=True, mode=compile_mode)
+        except Exception as exc:  # noqa: BLE001 - backend missing (no compiler, unsupported platform)
+            raise ModelLoadError(f"TORCH_COMPILE=true but torch.compile failed: {exc}") from exc
+    return model, forward
+
+
+def takes_token_types(model: Any, tokenizer: Any) -> bool:
+    """Whether to pass token_type_ids: the tokenizer makes them and the model's forward takes them."""
+    import inspect
+
+    if "token_type_ids" not in getattr(tokenizer, "model_input_names", ()):
+        return False
+    try:
+        return "token_type_ids" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _fingerprint(directory: Path) -> Optional[str]:
