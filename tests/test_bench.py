@@ -118,3 +118,32 @@ def test_process_counts_are_timed_from_input_sent_once_every_process_holds_parti
         assert row["input"] == "produced once ready"
         assert row["seconds"] > 0.01 and 0 < row["events_per_s"] < 1e6, row
         assert row["cpu_us_per_event"] > 0, row
+
+
+def test_runtimes_are_compared_side_by_side_each_against_its_own_ceiling() -> None:
+    from worker.bench import report
+
+    def row(run: str, precision: str, rate: float, runtime: str | None) -> dict:
+        return {"run": run, "workload": "short", "precision": precision, "events_per_s": rate,
+                **({"runtime": runtime} if runtime else {})}
+
+    rows = [row("ceiling", "fp32", 60.0, None), row("e2e", "fp32", 58.0, None),  # from before --runtimes: torch
+            row("ceiling", "fp32", 110.0, "onnxruntime"), row("e2e", "fp32", 99.0, "onnxruntime"),
+            row("ceiling", "int8", 200.0, "torch"), row("e2e", "int8", 190.0, "torch"),
+            row("ceiling", "int8", 300.0, "onnxruntime"), row("e2e", "int8", 240.0, "onnxruntime")]
+    ratios = report.ratios(rows, ["fp32", "int8"], ["torch", "onnxruntime"])
+    assert ratios["e2e_vs_ceiling_short_fp32"] == round(58 / 60, 3)  # torch's e2e against torch's ceiling
+    assert ratios["e2e_vs_ceiling_short_fp32_onnxruntime"] == 0.9
+    assert ratios["onnxruntime_vs_torch_e2e_short_fp32"] == round(99 / 58, 3)
+    assert ratios["onnxruntime_vs_torch_ceiling_short_int8"] == 1.5
+    assert ratios["fastest_precision_short"] == "int8 onnxruntime"
+    checks = {c["target"]: c for c in report.targets(rows, ["fp32", "int8"], ["torch", "onnxruntime"])}
+    assert checks["e2e onnxruntime / e2e torch, short (fp32)"]["met"] is True  # 1.71 >= 1.6
+    assert checks["e2e onnxruntime / e2e torch, short (int8)"]["met"] is False  # 1.26 < 1.3
+    assert checks["e2e / ceiling, short (int8 onnxruntime)"]["value"] == 0.8
+    assert checks["e2e / ceiling, short (fp32 torch)"]["met"] is True
+    # One runtime: the targets read as before, and no runtime comparison
+    alone = {c["target"] for c in report.targets(rows[:2], ["fp32"])}
+    assert "e2e / ceiling, short (fp32)" in alone and not any("onnxruntime" in t for t in alone)
+    table = report.format_table({"results": rows, "ratios": ratios, "targets": list(checks.values())})
+    assert any(line.split()[:4] == ["e2e", "short", "int8", "ort"] for line in table.splitlines())

@@ -377,17 +377,46 @@ async def test_the_worker_scores_on_the_runtime_auto_picked(worker_factory, boot
 
 
 def test_the_runtimes_bench_compares_every_runtime_and_precision(tiny_model: Path, tmp_path: Path, base_env: dict[str, str]) -> None:
+    from worker.bench.runtimes import ENGINES
+
+    assert set(ENGINES) == {f"{runtime} {precision}{fused}" for runtime, fused in
+                            (("torch", ""), ("onnxruntime", ""), ("onnxruntime", " fused")) for precision in ("fp32", "int8")}
     model = shutil.copytree(tiny_model, tmp_path / "tiny")
+    engines = ["torch fp32", "onnxruntime int8 fused"]  # each engine is a process per round: two of the six
     proc = subprocess.run(
         [sys.executable, "-m", "worker.bench.runtimes", str(model), "--events", "64", "--batch-size", "32",
-         "--rounds", "2", "--threads", "1"],
-        env=base_env, cwd=REPO, capture_output=True, text=True, timeout=240,
+         "--rounds", "2", "--threads", "1", "--engines", ",".join(engines)],
+        env=base_env, cwd=REPO, capture_output=True, text=True, timeout=400,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rounds = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [r["round"] for r in rounds] == [1, 2]
     best = rounds[-1]["best_events_per_s"]
-    assert set(best) == {f"{runtime} {precision}{fused}" for runtime, fused in
-                         (("torch", ""), ("onnxruntime", ""), ("onnxruntime", " fused")) for precision in ("fp32", "int8")}
-    assert all(rate > 0 for rate in best.values())
-    assert all(rounds[-1]["best_events_per_s"][k] >= rounds[0]["best_events_per_s"][k] for k in best)
+    assert set(best) == set(engines) and all(rate > 0 for rate in best.values())
+    assert list(model.joinpath("onnx").glob("int8-fused-*.onnx")), "ONNX Runtime ran the fused int8 export"
+    assert all(f"{name:<26}" in proc.stdout for name in engines)  # the summary table
+
+
+@pytest.mark.kafka
+def test_the_bench_runs_ceiling_and_e2e_per_runtime(bootstrap: str, tiny_model: Path, tmp_path: Path) -> None:
+    model = shutil.copytree(tiny_model, tmp_path / "tiny")  # its own export cache (model/onnx)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "bench", "--quick", "--model", str(model), "--runs", "ceiling,e2e",
+         "--runtimes", "torch,onnxruntime", "--events", "48", "--bootstrap", bootstrap, "--out", str(out),
+         "--cache", str(tmp_path / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((out / "bench.json").read_text())
+    rows = {(r["run"], r["runtime"]): r for r in result["results"]}
+    assert set(rows) == {(run, rt) for run in ("ceiling", "e2e") for rt in ("torch", "onnxruntime")}
+    assert all("error" not in r and r["events_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in rows.values())
+    assert rows[("ceiling", "onnxruntime")]["runtime_used"] == "onnxruntime"  # not a silent fallback to torch
+    assert list(model.joinpath("onnx").glob("*.onnx")), "the worker and the ceiling ran an exported model"
+    ratios = result["ratios"]
+    for key in ("onnxruntime_vs_torch_e2e_short_fp32", "onnxruntime_vs_torch_ceiling_short_fp32",
+                "e2e_vs_ceiling_short_fp32_onnxruntime", "e2e_vs_ceiling_short_fp32"):
+        assert ratios[key] is not None and ratios[key] > 0, key
+    targets = {c["target"] for c in result["targets"]}
+    assert {"e2e onnxruntime / e2e torch, short (fp32)", "e2e / ceiling, short (fp32 onnxruntime)"} <= targets

@@ -19,6 +19,7 @@ from worker.bench.workloads import WORKLOADS
 
 DEFAULT_CACHE = REPO / ".cache" / "bench"
 GUARANTEES = ("at_least_once", "exactly_once")
+RUNTIMES = ("torch", "onnxruntime", "auto")
 
 
 def _csv(value: str, allowed: Optional[Sequence[str]], what: str) -> list[str]:
@@ -36,6 +37,9 @@ def bench(
     precisions: Optional[str] = typer.Option(
         None, "--precisions", help="Precisions of the ceiling and e2e runs, first is the reference "
         "(default: fp32,int8 on CPU; fp16,bf16 on CUDA). The baselines always run fp32 (fp16 on CUDA)."),
+    runtimes: str = typer.Option(
+        "torch", "--runtimes", help="RUNTIME of the ceiling and e2e runs, comma-separated (torch, onnxruntime, auto): "
+        "each runtime and precision side by side, the first the reference (the other runs use it)."),
     events: Optional[int] = typer.Option(None, "--events", help="Events per ceiling/e2e run (default per workload: 1024/512/128)."),
     baseline_events: Optional[int] = typer.Option(None, "--baseline-events", help="Events per baseline run (default 256/256/64)."),
     noop_events: int = typer.Option(20000, "--noop-events", help="Events of the no-op and limit runs."),
@@ -82,6 +86,7 @@ def bench(
     workload_list = _csv(workloads, WORKLOADS, "workload")
     guarantee_list = _csv(guarantees, GUARANTEES, "guarantee")
     profile_list = _csv(sim_profiles, SIM_PROFILES, "simulated-device profile")
+    runtime_list = _csv(runtimes, RUNTIMES, "runtime")
     try:
         partition_list = [int(p) for p in _csv(partitions, None, "partition count")]
         process_list = [int(p) for p in _csv(processes, None, "process count")]
@@ -96,6 +101,9 @@ def bench(
         # A simulated device is fast: e2e runs as long and as batched as the no-op run it is compared with.
         events = events or noop_events
         batch_max_size = batch_max_size or noop_batch_size
+        if runtime_list != ["torch"]:
+            say("--device sim: --runtimes ignored (the simulated device replaces the forward pass of any runtime)")
+            runtime_list = ["torch"]
         for baseline in ("naive", "batched"):
             if baseline in run_list:
                 say(f"--device sim: no {baseline} run (transformers' pipeline() has no simulated device)")
@@ -135,11 +143,13 @@ def bench(
         sim_profiles=tuple(profile_list), sim_ns_per_token=sim_ns_per_token, sim_ms_per_call=sim_ms_per_call,
         sim_slow_ns_per_token=sim_slow_ns_per_token, sweep_sizes=tuple(size_list), sweep_waits_ms=tuple(wait_list),
         sweep_events=sweep_events or events or default_events["short"], latency_target_ms=latency_target_ms,
+        runtimes=tuple(runtime_list),
     )
     if sim:
         speeds = ", ".join(f"{p} {cfg.sim_speed(p)[0]:g} ns/token + {cfg.sim_speed(p)[1]:g} ms/call" for p in profile_list)
         say(f"bench: simulated device: {speeds}")
     say(f"bench: model {model_dir} ({cfg.model_size}), device {device}, precisions {precision_list}, "
+        f"runtimes {runtime_list}, "
         f"workloads {workload_list}, runs {run_list}; results in {out_dir}")
 
     def _terminate(signum: int, frame: Any) -> None:
@@ -166,12 +176,15 @@ def _plan(b: Bench, cfg: Config) -> list[tuple[str, Any]]:
     profiles: tuple[Any, ...] = cfg.sim_profiles if cfg.sim else (None,)
     for w in cfg.workloads:
         for p in cfg.precisions:
-            for prof in profiles:
-                tag = f" sim {prof}" if prof else ""
-                if "ceiling" in runs:
-                    plan.append((f"ceiling {w} {p}{tag}", lambda w=w, p=p, prof=prof: b.ceiling(w, p, prof)))
-                if "e2e" in runs:
-                    plan.append((f"e2e {w} {p}{tag}", lambda w=w, p=p, prof=prof: b.e2e(w, p, profile=prof)))
+            for rt in cfg.runtimes:
+                for prof in profiles:
+                    tag = (f" sim {prof}" if prof else "") + (f" {rt}" if len(cfg.runtimes) > 1 else "")
+                    if "ceiling" in runs:
+                        plan.append((f"ceiling {w} {p}{tag}",
+                                     lambda w=w, p=p, prof=prof, rt=rt: b.ceiling(w, p, prof, runtime=rt)))
+                    if "e2e" in runs:
+                        plan.append((f"e2e {w} {p}{tag}",
+                                     lambda w=w, p=p, prof=prof, rt=rt: b.e2e(w, p, profile=prof, runtime=rt)))
         for mode in ("naive", "batched"):
             if mode in runs:
                 plan.append((f"{mode} {w}", lambda w=w, mode=mode: b.baseline(w, mode)))

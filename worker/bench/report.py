@@ -31,6 +31,9 @@ TARGETS = {
     "sim_slow_device_busy": 0.95,
     "sim_slow_padding_efficiency": 0.9,
     "sweep_adaptive_vs_best_fixed": 0.95,
+    # --runtimes torch,onnxruntime: ONNX Runtime end to end against torch end to end, same precision
+    "onnxruntime_vs_torch_e2e_short_fp32": 1.6,
+    "onnxruntime_vs_torch_e2e_short_int8": 1.3,
 }
 DRAIN_SECONDS = 30.0  # the scale-out target of the KEDA hint (deploy/OPERATIONS.md, "Autoscaling")
 
@@ -46,9 +49,14 @@ def find(results: Sequence[Row], run: str, workload: Optional[str] = None, preci
             continue
         if precision is not None and row.get("precision") != precision:
             continue
-        if all(row.get(k) == v for k, v in match.items()):
+        if all(runtime_of(row) == v if k == "runtime" else row.get(k) == v for k, v in match.items()):
             return row
     return None
+
+
+def runtime_of(row: Row) -> Optional[str]:
+    """The RUNTIME a ceiling or e2e row asked for (torch in results from before --runtimes)."""
+    return row.get("runtime", "torch") if row["run"] in ("ceiling", "e2e") else row.get("runtime")
 
 
 def _ratio(a: Optional[Row], b: Optional[Row]) -> Optional[float]:
@@ -63,19 +71,36 @@ def sweep_rows(results: Sequence[Row]) -> tuple[list[Row], Optional[Row]]:
     return fixed, find(results, "sweep", mode="adaptive")
 
 
-def fastest(results: Sequence[Row], workload: str) -> Optional[str]:
+def fastest(results: Sequence[Row], workload: str) -> Optional[Row]:
+    """The fastest e2e run of the workload, whatever its precision and runtime."""
     rows = [r for r in results if r["run"] == "e2e" and r["workload"] == workload and r.get("events_per_s")
             and r.get("sim_profile") in (None, "fast")]
-    return max(rows, key=lambda r: r["events_per_s"])["precision"] if rows else None
+    return max(rows, key=lambda r: r["events_per_s"]) if rows else None
 
 
-def ratios(results: Sequence[Row], precisions: Sequence[str]) -> dict[str, Any]:
+def _name(row: Optional[Row]) -> Optional[str]:
+    """precision, and the runtime where it is not torch: "int8", "int8 onnxruntime"."""
+    if row is None:
+        return None
+    runtime = runtime_of(row)
+    return f"{row.get('precision')}" + ("" if runtime in (None, "torch") else f" {runtime}")
+
+
+def ratios(results: Sequence[Row], precisions: Sequence[str], runtimes: Sequence[str] = ("torch",)) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    ref = runtimes[0] if runtimes else "torch"
     for w in WORKLOADS:
         for p in precisions:
-            out[f"e2e_vs_ceiling_{w}_{p}"] = _ratio(find(results, "e2e", w, p), find(results, "ceiling", w, p))
-            out[f"e2e_vs_naive_{w}_{p}"] = _ratio(find(results, "e2e", w, p), find(results, "naive", w))
-            out[f"e2e_vs_batched_{w}_{p}"] = _ratio(find(results, "e2e", w, p), find(results, "batched", w))
+            e2e = find(results, "e2e", w, p, runtime=ref)
+            out[f"e2e_vs_ceiling_{w}_{p}"] = _ratio(e2e, find(results, "ceiling", w, p, runtime=ref))
+            out[f"e2e_vs_naive_{w}_{p}"] = _ratio(e2e, find(results, "naive", w))
+            out[f"e2e_vs_batched_{w}_{p}"] = _ratio(e2e, find(results, "batched", w))
+            for rt in runtimes[1:]:  # each other runtime: against its own ceiling, and against the reference
+                other = find(results, "e2e", w, p, runtime=rt)
+                out[f"e2e_vs_ceiling_{w}_{p}_{rt}"] = _ratio(other, find(results, "ceiling", w, p, runtime=rt))
+                out[f"{rt}_vs_{ref}_e2e_{w}_{p}"] = _ratio(other, e2e)
+                out[f"{rt}_vs_{ref}_ceiling_{w}_{p}"] = _ratio(find(results, "ceiling", w, p, runtime=rt),
+                                                                find(results, "ceiling", w, p, runtime=ref))
         out[f"batched_vs_naive_{w}"] = _ratio(find(results, "batched", w), find(results, "naive", w))
     for limit in (r for r in results if r["run"] == "limit" and r.get("events_per_s")):
         noop = find(results, "noop", partitions=limit.get("partitions"), guarantee="at_least_once", processes=1,
@@ -92,7 +117,8 @@ def ratios(results: Sequence[Row], precisions: Sequence[str]) -> dict[str, Any]:
                         partitions=row.get("partitions"))
             out.setdefault(f"sim_{prof}_e2e_vs_noop_{w}", _ratio(row, noop))
             out.setdefault(f"sim_{prof}_e2e_vs_ceiling_{w}",
-                           _ratio(row, find(results, "ceiling", w, row.get("precision"), sim_profile=prof)))
+                           _ratio(row, find(results, "ceiling", w, row.get("precision"), sim_profile=prof,
+                                            runtime=runtime_of(row))))
             out.setdefault(f"sim_{prof}_device_busy_{w}", row.get("device_busy"))
     fixed, adaptive = sweep_rows(results)
     if fixed:
@@ -100,14 +126,16 @@ def ratios(results: Sequence[Row], precisions: Sequence[str]) -> dict[str, Any]:
         out["sweep_best_fixed"] = f"{best_fixed['batch_max_size']}x{best_fixed['batch_max_wait_ms']}ms"
         out["sweep_adaptive_vs_best_fixed"] = _ratio(adaptive, best_fixed)
     best = fastest(results, "short")
-    out["e2e_fastest_vs_naive_short"] = _ratio(find(results, "e2e", "short", best), find(results, "naive", "short")) if best else None
-    out["fastest_precision_short"] = best
+    out["e2e_fastest_vs_naive_short"] = _ratio(best, find(results, "naive", "short")) if best else None
+    out["fastest_precision_short"] = _name(best)
     out["base_precision"] = precisions[0] if precisions else None
+    if len(runtimes) > 1:
+        out["base_runtime"] = ref
     return out
 
 
-def targets(results: Sequence[Row], precisions: Sequence[str]) -> list[dict[str, Any]]:
-    r = ratios(results, precisions)
+def targets(results: Sequence[Row], precisions: Sequence[str], runtimes: Sequence[str] = ("torch",)) -> list[dict[str, Any]]:
+    r = ratios(results, precisions, runtimes)
     checks: list[dict[str, Any]] = []
 
     def add(name: str, value: Optional[float], goal: float, higher_is_better: bool = True) -> None:
@@ -119,14 +147,22 @@ def targets(results: Sequence[Row], precisions: Sequence[str]) -> list[dict[str,
         add("soak RSS growth after warm-up", soak["rss_growth"] if soak else None, TARGETS["soak_rss_growth_max"], False)
         return checks
     base = precisions[0] if precisions else "fp32"
+    ref = runtimes[0] if runtimes else "torch"
     for w in ("short", "mixed"):
         for p in precisions:
-            add(f"e2e / ceiling, {w} ({p})", r.get(f"e2e_vs_ceiling_{w}_{p}"), TARGETS["e2e_vs_ceiling"])
+            shown = p if len(runtimes) < 2 else f"{p} {ref}"
+            add(f"e2e / ceiling, {w} ({shown})", r.get(f"e2e_vs_ceiling_{w}_{p}"), TARGETS["e2e_vs_ceiling"])
+            for rt in runtimes[1:]:
+                add(f"e2e / ceiling, {w} ({p} {rt})", r.get(f"e2e_vs_ceiling_{w}_{p}_{rt}"), TARGETS["e2e_vs_ceiling"])
+    for p in precisions:
+        goal = TARGETS.get(f"onnxruntime_vs_torch_e2e_short_{p}")
+        if goal and ref == "torch" and "onnxruntime" in runtimes:
+            add(f"e2e onnxruntime / e2e torch, short ({p})", r.get(f"onnxruntime_vs_torch_e2e_short_{p}"), goal)
     add(f"e2e / naive, short ({base})", r.get(f"e2e_vs_naive_short_{base}"), TARGETS["e2e_vs_naive_short_fp32"])
     add(f"e2e fastest ({r.get('fastest_precision_short')}) / naive, short", r.get("e2e_fastest_vs_naive_short"),
         TARGETS["e2e_fastest_vs_naive_short"])
     add(f"e2e / batched, mixed ({base})", r.get(f"e2e_vs_batched_mixed_{base}"), TARGETS["e2e_vs_batched_mixed"])
-    e2e_mixed = find(results, "e2e", "mixed", base)
+    e2e_mixed = find(results, "e2e", "mixed", base, runtime=ref)
     add("padding efficiency, mixed (e2e)", e2e_mixed.get("padding_efficiency") if e2e_mixed else None,
         TARGETS["padding_efficiency_mixed"])
     for key, value in r.items():
@@ -157,21 +193,22 @@ def targets(results: Sequence[Row], precisions: Sequence[str]) -> list[dict[str,
     return checks
 
 
-def scaling_hint(results: Sequence[Row], precisions: Sequence[str]) -> Optional[str]:
+def scaling_hint(results: Sequence[Row], precisions: Sequence[str], runtimes: Sequence[str] = ("torch",)) -> Optional[str]:
     """The KEDA lagThreshold that drains a replica's backlog in DRAIN_SECONDS at the measured rate."""
     base = precisions[0] if precisions else None
-    row = find(results, "e2e", "short", base) or find(results, "e2e")
+    row = find(results, "e2e", "short", base, runtime=runtimes[0] if runtimes else "torch") or find(results, "e2e")
     if row is None:
         return None
     rate = row["events_per_s"]
     threshold = max(1, int(rate * DRAIN_SECONDS))
-    return (f"autoscaling: {rate:,.1f} events/s per replica ({row['workload']}, {row.get('precision')}) -> KEDA "
+    return (f"autoscaling: {rate:,.1f} events/s per replica ({row['workload']}, {_name(row)}) -> KEDA "
             f"lagThreshold {threshold} drains a replica's backlog in {DRAIN_SECONDS:.0f} s (rate x seconds)")
 
 
 def build(config: dict[str, Any], results: Sequence[Row], precisions: Sequence[str]) -> dict[str, Any]:
     import torch
 
+    runtimes = tuple(config.get("runtimes") or ("torch",))
     return {
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": {
@@ -185,14 +222,14 @@ def build(config: dict[str, Any], results: Sequence[Row], precisions: Sequence[s
         },
         "config": config,
         "results": list(results),
-        "ratios": ratios(results, precisions),
-        "targets": targets(results, precisions),
-        "scaling_hint": scaling_hint(results, precisions),
+        "ratios": ratios(results, precisions, runtimes),
+        "targets": targets(results, precisions, runtimes),
+        "scaling_hint": scaling_hint(results, precisions, runtimes),
     }
 
 
 def format_table(report: dict[str, Any]) -> str:
-    head = (f"{'run':<8} {'workload':<8} {'prec':<5} {'guar':<4} {'parts':>5} {'procs':>5} {'events':>6} {'ev/s':>10} "
+    head = (f"{'run':<8} {'workload':<8} {'prec':<5} {'rt':<5} {'guar':<4} {'parts':>5} {'procs':>5} {'events':>6} {'ev/s':>10} "
             f"{'p50 ms':>9} {'p99 ms':>9} {'pad eff':>7} {'RSS MiB':>8} {'CPU µs/ev':>9}")
     lines = [head, "-" * len(head)]
 
@@ -200,11 +237,13 @@ def format_table(report: dict[str, Any]) -> str:
         return format(value, spec) if isinstance(value, (int, float)) else "-"
 
     short_guarantee = {"at_least_once": "alo", "exactly_once": "eos"}
+    short_runtime = {"torch": "torch", "onnxruntime": "ort", "auto": "auto"}
     for row in report["results"]:
         if row["run"] in ("soak", "sweep"):  # below the table
             continue
         lines.append(
             f"{row['run']:<8} {row['workload']:<8} {row.get('precision') or '-':<5} "
+            f"{short_runtime.get(runtime_of(row) or '', '-'):<5} "
             f"{short_guarantee.get(row.get('guarantee') or '', '-'):<4} {fmt(row.get('partitions'), 'd'):>5} "
             f"{fmt(row.get('processes'), 'd'):>5} "
             f"{row.get('events', 0):>6} {fmt(row.get('events_per_s'), ',.1f'):>10} {fmt(row.get('p50_ms'), ',.0f'):>9} "
@@ -267,7 +306,7 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
     workloads = [w for w in WORKLOADS if any(row["workload"] == w for row in rows)]
 
     def key(row: Row) -> str:
-        label = row["run"] + (f" {row['precision']}" if row["run"] in ("ceiling", "e2e") else "")
+        label = row["run"] + (f" {_name(row)}" if row["run"] in ("ceiling", "e2e") else "")
         label += f" sim {row['sim_profile']}" if row.get("sim_profile") else ""
         if row["run"] in ("noop", "limit"):
             label += f" {row.get('partitions')}p" + (" eos" if row.get("guarantee") == "exactly_once" else "")

@@ -102,6 +102,9 @@ class Config:
     sweep_events: int = 5000
     latency_target_ms: Optional[int] = None  # given: passed to the trickle run (and the sweep's adaptive run)
     sweep_latency_target_ms: int = 500  # the sweep's adaptive run when latency_target_ms is not given
+    # RUNTIME of the ceiling and e2e runs, each side by side with the others; the first one is the
+    # reference, and the one the other runs (trickle, sweep, soak) use
+    runtimes: tuple[str, ...] = ("torch",)
 
     @property
     def sim(self) -> bool:
@@ -215,24 +218,29 @@ class Bench:
 
     # -- ceiling ---------------------------------------------------------------------
 
-    def ceiling(self, workload: str, precision: str, profile: Optional[str] = None) -> dict[str, Any]:
+    def ceiling(self, workload: str, precision: str, profile: Optional[str] = None,
+                runtime: Optional[str] = None) -> dict[str, Any]:
         import subprocess
 
         n = self.cfg.events[workload]
+        runtime = runtime or self.cfg.runtimes[0]
         cmd = [
             sys.executable, "-m", "worker.bench.roles", "ceiling", "--model", str(self.cfg.model), "--workload", workload,
             "--events", str(n), "--precision", precision, "--device", self.cfg.worker_device,
             "--batch-size", str(self.cfg.batch_max_size), "--max-batch-tokens", str(self.cfg.max_batch_tokens),
-            "--passes", str(self.cfg.ceiling_passes),
+            "--passes", str(self.cfg.ceiling_passes), "--runtime", runtime,
         ]
-        row = {"run": "ceiling", "workload": workload, "precision": precision, "events": n, **self._sim_fields(profile)}
+        row = {"run": "ceiling", "workload": workload, "precision": precision, "runtime": runtime, "events": n,
+               **self._sim_fields(profile)}
         if self.cfg.sim:
             cmd += ["--sim-ns-per-token", str(row["sim_ns_per_token"]), "--sim-ms-per-call", str(row["sim_ms_per_call"])]
         result = subprocess.run(cmd, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=3600)
         if result.returncode != 0:
             row["error"] = result.stderr[-2000:]
             return self._record(row)
-        row.update(json.loads(result.stdout.strip().splitlines()[-1]))
+        measured = json.loads(result.stdout.strip().splitlines()[-1])
+        measured["runtime_used"] = measured.pop("runtime", None)  # what RUNTIME=auto chose
+        row.update(measured)
         row.update(p50_ms=None, p95_ms=None, p99_ms=None)  # no Kafka, no end-to-end latency
         return self._record(row)
 
@@ -241,7 +249,8 @@ class Bench:
     def _start_worker(self, label: str, topic_in: str, topic_out: str, group: str, *, precision: str, noop: bool,
                       batch_max_size: int, partitions: int, guarantee: str = "at_least_once",
                       processes: int = 1, tracing: bool = False, batch_max_wait_ms: Optional[int] = None,
-                      latency_target_ms: Optional[int] = None, profile: Optional[str] = None) -> WorkerProcess:
+                      latency_target_ms: Optional[int] = None, profile: Optional[str] = None,
+                      runtime: Optional[str] = None) -> WorkerProcess:
         """The worker (``-m worker run``), or the bench's no-op or simulated-device worker role."""
         sim = self.cfg.sim and not noop
         sim_env: dict[str, Any] = {}
@@ -251,6 +260,7 @@ class Bench:
         env = child_env(
             KAFKA_BOOTSTRAP_SERVERS=self.bootstrap, INPUT_TOPIC=topic_in, OUTPUT_TOPIC=topic_out, GROUP_ID=group,
             MODEL=str(self.cfg.model), DEVICE=self.cfg.worker_device, PRECISION=precision, BATCH_MAX_SIZE=batch_max_size,
+            RUNTIME=runtime or self.cfg.runtimes[0],
             BATCH_MAX_WAIT_MS=self.cfg.batch_max_wait_ms if batch_max_wait_ms is None else batch_max_wait_ms,
             LATENCY_TARGET_MS=latency_target_ms, MAX_BATCH_TOKENS=self.cfg.max_batch_tokens, **sim_env,
             PROCESSING_GUARANTEE=guarantee, WORKER_PROCESSES=processes, WEB_PORT=free_port(), WEB_HOST="127.0.0.1", LOG_FORMAT="json",
@@ -292,7 +302,7 @@ class Bench:
             guarantee: str = "at_least_once", processes: int = 1, tracing: bool = False, profile: Optional[str] = None,
             run: Optional[str] = None, events: Optional[int] = None, batch_max_size: Optional[int] = None,
             batch_max_wait_ms: Optional[int] = None, latency_target_ms: Optional[int] = None,
-            extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+            extra: Optional[dict[str, Any]] = None, runtime: Optional[str] = None) -> dict[str, Any]:
         run = run or ("noop" if noop else "e2e")
         n = events or (self.cfg.noop_events if noop else self.cfg.events[workload])
         batch = batch_max_size or (self.cfg.noop_batch_size if noop else self.cfg.batch_max_size)
@@ -301,6 +311,8 @@ class Bench:
                                "batch_max_size": batch, "partitions": count, "guarantee": guarantee,
                                "processes": processes, "tracing": tracing, **(extra or {})}
         if not noop:
+            runtime = runtime or self.cfg.runtimes[0]
+            row["runtime"] = runtime
             row.update(self._sim_fields(profile))
         if batch_max_wait_ms is not None:
             row["batch_max_wait_ms"] = batch_max_wait_ms
@@ -319,7 +331,7 @@ class Bench:
         worker = self._start_worker(run, topic_in, topic_out, group, precision=precision, noop=noop,
                                     batch_max_size=batch, partitions=count, guarantee=guarantee, processes=processes,
                                     tracing=tracing, batch_max_wait_ms=batch_max_wait_ms,
-                                    latency_target_ms=latency_target_ms, profile=profile)
+                                    latency_target_ms=latency_target_ms, profile=profile, runtime=runtime)
         try:
             worker.wait_ready()
             cpu_before = worker.cpu_seconds() or 0.0

@@ -1,58 +1,59 @@
 """Ceiling throughput of each runtime and precision side by side: ``python -m worker.bench.runtimes MODEL_DIR``.
 
 torch fp32 and int8, ONNX Runtime fp32 and int8 unfused and fused (the transformers
-optimizer), on the same length-sorted batches of a workload. All engines live in one
-process and their passes take turns, the best pass of each counting: on a shared machine
-each gets the same chances of a quiet pass, which runs one after another in separate
-processes don't (``sentiment-worker bench`` and the ceiling role, ``--runtime``, give
-the resident memory of one runtime alone). Prints one JSON line per round.
+optimizer), on the same length-sorted batches of a workload. Each engine runs alone in a
+process of its own, as in the worker: with its own cost model (learnt at warm-up, so
+each runtime gets the plan that suits it) and no other runtime's threads beside it (in
+one process, torch's and ONNX Runtime's thread pools took turns spinning, which cost ONNX
+Runtime about half its speed). The processes take turns, one pass each per round, and the
+best pass of each counts: on a shared machine each gets the same chances of a quiet pass.
+Prints one JSON line per round.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from typing import Optional
 
 from worker.bench.workloads import make_texts
-from worker.model import onnx_runtime
-from worker.model.engine import Encoded, SentimentEngine
+from worker.model.engine import SentimentEngine
 from worker.model.loading import default_threads, load_pretrained
 
+ENGINES = ("torch fp32", "onnxruntime fp32", "onnxruntime fp32 fused",
+           "torch int8", "onnxruntime int8", "onnxruntime int8 fused")
 
-def engines(model: str, threads: int, batch_size: int) -> dict[str, SentimentEngine]:
-    """The engines compared, by name ("torch fp32", "onnxruntime int8 fused", ...)."""
-    out: dict[str, SentimentEngine] = {}
-    for precision in ("fp32", "int8"):
-        torch_engine = SentimentEngine.load(
-            model, device="cpu", precision=precision, threads=threads, max_batch_rows=batch_size
-        )
-        out[f"torch {precision}"] = torch_engine
+
+def engine(model: str, name: str, threads: int, batch_size: int) -> SentimentEngine:
+    """One engine by name ("torch fp32", "onnxruntime int8 fused", ...), warmed up, its costs learnt."""
+    runtime, precision, *fused = name.split()
+    built = SentimentEngine.load(model, device="cpu", precision=precision, threads=threads, max_batch_rows=batch_size)
+    if runtime == "onnxruntime":
+        from worker.model import onnx_runtime
+
         loaded = load_pretrained(model, device="cpu", precision=precision, threads=threads, defer_torch=True)
-        for fused in (False, True):
-            path = onnx_runtime.exported(loaded.model, loaded.tokenizer, loaded.info, optimize=fused)
-            forward = onnx_runtime.OnnxForward(path, "cpu", threads)
-            out[f"onnxruntime {precision}{' fused' if fused else ''}"] = torch_engine.with_forward(forward, learn_costs=False)
-    for engine in out.values():
-        engine.learn_costs = False
-    return out
+        path = onnx_runtime.exported(loaded.model, loaded.tokenizer, loaded.info, optimize=bool(fused))
+        built = built.with_forward(onnx_runtime.OnnxForward(path, "cpu", threads))
+    built.warmup()
+    return built
 
 
-def best_events_per_s(compared: dict[str, SentimentEngine], batches: list[Encoded], rounds: int) -> dict[str, float]:
-    """Round after round, one pass of each engine over the batches; the best pass of each, in events/s."""
-    events = sum(b.texts for b in batches)
-    for engine in compared.values():  # first calls of each shape are slow for reasons that don't recur
-        engine.infer(batches[0])
-        engine.infer(batches[-1])
-    best = {name: 0.0 for name in compared}
-    for round_no in range(1, rounds + 1):
-        for name, engine in compared.items():
-            started = time.perf_counter()
-            for batch in batches:
-                engine.infer(batch)
-            best[name] = max(best[name], events / (time.perf_counter() - started))
-        print(json.dumps({"round": round_no, "best_events_per_s": {k: round(v, 1) for k, v in best.items()}}), flush=True)
+def one(model: str, name: str, threads: int, batch_size: int, workload: str, events: int, passes: int) -> float:
+    """The best of ``passes`` passes of one engine over the workload's batches, in events/s."""
+    built = engine(model, name, threads, batch_size)
+    texts = sorted(make_texts(workload, events), key=len)
+    batches = [built.encode(texts[i: i + batch_size]) for i in range(0, len(texts), batch_size)]
+    built.infer(batches[0])  # first calls of a shape are slow for reasons that don't recur
+    built.infer(batches[-1])
+    best = 0.0
+    for _ in range(passes):
+        started = time.perf_counter()
+        for batch in batches:
+            built.infer(batch)
+        best = max(best, events / (time.perf_counter() - started))
     return best
 
 
@@ -62,16 +63,27 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--workload", default="short")
     parser.add_argument("--events", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="default: the cores this process may use")
+    parser.add_argument("--engines", default=",".join(ENGINES), help="which, comma-separated")
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # a child: one engine, one pass
     args = parser.parse_args(argv)
-
     threads = args.threads or default_threads()
-    compared = engines(args.model, threads, args.batch_size)
-    texts = sorted(make_texts(args.workload, args.events), key=len)
-    any_engine = next(iter(compared.values()))
-    batches = [any_engine.encode(texts[i: i + args.batch_size]) for i in range(0, len(texts), args.batch_size)]
-    best = best_events_per_s(compared, batches, args.rounds)
+    if args.only:
+        rate = one(args.model, args.only, threads, args.batch_size, args.workload, args.events, passes=2)
+        print(json.dumps({"engine": args.only, "events_per_s": rate}), flush=True)
+        return
+    names = [n.strip() for n in args.engines.split(",") if n.strip()]
+    best = {name: 0.0 for name in names}
+    for round_no in range(1, args.rounds + 1):
+        for name in names:
+            out = subprocess.run(
+                [sys.executable, "-m", "worker.bench.runtimes", args.model, "--only", name, "--threads", str(threads),
+                 "--workload", args.workload, "--events", str(args.events), "--batch-size", str(args.batch_size)],
+                capture_output=True, text=True, check=True,
+            )
+            best[name] = max(best[name], json.loads(out.stdout.strip().splitlines()[-1])["events_per_s"])
+        print(json.dumps({"round": round_no, "best_events_per_s": {k: round(v, 1) for k, v in best.items()}}), flush=True)
     for name, rate in best.items():
         print(f"{name:<26} {rate:8.1f} events/s")
 
