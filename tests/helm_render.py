@@ -50,6 +50,8 @@ MATRIX: dict[str, tuple[list[str], str]] = {
         "--set", "gpu.runtimeClassName=nvidia", "--set", "gpu.nodeSelector.nvidia\\.com/gpu\\.present=true",
         "--set", "autoscaling.maxReplicas=4", "--set", "image.digest=sha256:" + "a" * 64,
         "--set", "autoscaling.fallback.enabled=false"], K8S_NEWEST),
+    "cpu-pvc-onnxruntime-int8": ([
+        "--set", "model.source=pvc", "--set", "runtime=onnxruntime", "--set", "precision=int8"], K8S_OLDEST),
     "no-autoscaling-no-networkpolicy-existing-claim": ([
         "--set", "autoscaling.enabled=false", "--set", "networkPolicy.enabled=false", "--set", "model.source=pvc",
         "--set", "model.pvc.existingClaim=models", "--set", "kafka.securityProtocol=SASL_PLAINTEXT",

@@ -269,7 +269,19 @@ def test_model_is_in_place_before_the_worker_starts(rendered) -> None:
         assert [c["metadata"]["name"] for c in claims] == ([] if existing else [claim])  # existingClaim, or created
         (job,) = jobs
         job_pod = job["spec"]["template"]["spec"]
-        (fetch,) = job_pod["containers"]
+        if cfg["RUNTIME"] != "torch" and cfg["DEVICE"] == "cpu":  # then the export, after the download
+            (fetch,) = job_pod["initContainers"]
+            (export,) = job_pod["containers"]
+            assert export["command"] == ["sentiment-worker", "model", "export"] and export["image"] == worker["image"]
+            export_env = env_of(export)
+            for key in ("MODEL", "MODEL_REVISION", "PRECISION", "DEVICE", "HF_HUB_OFFLINE"):
+                assert export_env[key] == cfg[key], key  # the cache key the pods look the file up by
+            assert export_env["HF_HOME"] == "/opt/huggingface"
+            assert export["resources"] == worker["resources"] | {"requests": {
+                k: v for k, v in worker["resources"]["requests"].items() if k != "ephemeral-storage"}}
+        else:
+            assert "initContainers" not in job_pod
+            (fetch,) = job_pod["containers"]
         assert fetch["command"] == ["fetch-model", "download"] and fetch["image"] == worker["image"]
         assert env_of(fetch)["MODEL_REVISION"] == cfg["MODEL_REVISION"]
         job_volumes = {v["name"]: v for v in job_pod["volumes"]}
@@ -282,6 +294,28 @@ def test_model_is_in_place_before_the_worker_starts(rendered) -> None:
         assert not jobs
     else:
         pytest.fail(f"unknown source {source}")
+
+
+def test_the_model_job_exports_for_onnx_runtime_on_cpu_only() -> None:
+    """runtime onnxruntime or auto with a pvc: the Job exports into the claim; torch, or a GPU (the
+    export is per device type, and the Job has no GPU), keep the download alone."""
+    base = ["--set", "model.source=pvc"]
+
+    def job_pod(*args: str) -> dict[str, Any]:
+        return one(render(*base, *args), "Job")["spec"]["template"]["spec"]
+
+    for runtime in ("onnxruntime", "auto"):
+        pod = job_pod("--set", f"runtime={runtime}")
+        assert [c["name"] for c in pod["initContainers"]] == ["fetch-model"]
+        assert [c["name"] for c in pod["containers"]] == ["export-model"]
+        assert {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]} == {"/tmp", "/opt/huggingface"}
+    for args in ([], ["--set", "runtime=onnxruntime", "--set", "accelerator=gpu"]):
+        pod = job_pod(*args)
+        assert "initContainers" not in pod and [c["name"] for c in pod["containers"]] == ["fetch-model"]
+    names = {one(render(*base, *args), "Job")["metadata"]["name"] for args in (
+        [], ["--set", "runtime=onnxruntime"], ["--set", "runtime=onnxruntime", "--set", "precision=int8"])}
+    assert len(names) == 3, "a new runtime or precision is a new Job (its pod template is immutable)"
+    assert config(render("--set", "runtime=auto"))["RUNTIME"] == "auto"
 
 
 def test_pvc_job_name_follows_the_revision() -> None:

@@ -13,6 +13,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -135,12 +136,41 @@ def test_the_key_changes_with_precision_weights_and_versions(bert: Path, tmp_pat
 
 def test_read_only_model_directory_exports_under_hf_home(bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(onnx_runtime, "_writable", lambda directory: False)
+    monkeypatch.setattr(onnx_runtime, "_writable", lambda directory: directory != bert / "onnx")
     engine = load(bert, runtime="onnxruntime")
     assert engine.info.runtime == "onnxruntime"
     assert not (bert / "onnx").exists()
     made = list((tmp_path / "hf" / "sentiment-worker" / "onnx" / "local-bert").glob("*.onnx"))
     assert made, list((tmp_path / "hf").rglob("*"))
+
+
+def test_a_read_only_cache_is_read_and_what_it_lacks_is_exported_into_scratch(
+        bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A model volume mounted read-only (the chart's pvc and image sources): its exports are used, a
+    missing one is made in the process's temporary directory, never a fallback to torch."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    load(bert, runtime="onnxruntime", precision="fp32")  # pre-exported while writable (`model export`)
+    cached = exports(bert)
+    monkeypatch.setattr(onnx_runtime, "_writable", lambda directory: False)  # now mounted read-only
+    writes: list[Path] = []
+    real_atomic = onnx_runtime._atomic
+    monkeypatch.setattr(onnx_runtime, "_atomic", lambda target, write: (writes.append(target), real_atomic(target, write)))
+    fp32 = load(bert, runtime="onnxruntime", precision="fp32")
+    assert fp32.info.runtime == "onnxruntime" and writes == [] and exports(bert) == cached
+    with caplog.at_level(logging.WARNING, logger=onnx_runtime.__name__):
+        int8 = load(bert, runtime="onnxruntime", precision="int8")
+    assert int8.info.runtime == "onnxruntime"
+    scratch = tmp_path / "scratch" / "sentiment-worker-onnx" / "local-bert"
+    assert writes and all(w.parent == scratch for w in writes), writes
+    assert [p.name for p in scratch.glob("*.onnx")] == [p.name for p in writes] and all(p.name.startswith("int8-") for p in writes)
+    assert exports(bert) == cached  # the fp32 graph it quantised was read from the read-only cache
+    assert any("is read-only" in r.getMessage() for r in caplog.records), caplog.text
+    loaded = load_pretrained(str(bert), device="cpu", precision="int8", defer_torch=True)
+    with pytest.raises(onnx_runtime.OnnxUnavailable, match="not writable"):  # what `model export` asks for
+        onnx_runtime.exported(loaded.model, loaded.tokenizer, loaded.info, scratch=False)
+    assert onnx_runtime.exported(loaded.model, loaded.tokenizer, loaded.info).parent == scratch  # found there next time
 
 
 def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path: Path) -> None:
@@ -288,6 +318,15 @@ def test_onnx_runtime_frees_the_torch_weights(bert: Path) -> None:
     assert {p.device.type for p in engine.model.parameters()} == {"meta"}
     scores = engine.infer(engine.encode(TEXTS))
     assert scores.head is Head.single_label and np.allclose(scores.values.sum(axis=1), 1.0)
+
+
+def test_onnx_runtime_threads_sleep_between_calls(bert: Path) -> None:
+    """Spinning intra-op threads would hold the cores the worker's tokenizer and output threads need."""
+    forward = load(bert, runtime="onnxruntime")._forward
+    assert isinstance(forward, onnx_runtime.OnnxForward)
+    options = forward.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads >= 1 and options.inter_op_num_threads == 1
 
 
 def test_runtime_setting_reaches_the_engine(bert: Path) -> None:

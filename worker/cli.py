@@ -553,7 +553,7 @@ def export(settings: Settings) -> None:
             precision=settings.precision.value, max_length=settings.max_length, attention=settings.attention.value,
             defer_torch=True,
         )
-        path = onnx_runtime.exported(loaded.model, loaded.tokenizer, loaded.info)
+        path = onnx_runtime.exported(loaded.model, loaded.tokenizer, loaded.info, scratch=False)
     except (ModelLoadError, onnx_runtime.OnnxUnavailable) as exc:
         raise _fail(str(exc)) from None
     typer.echo(str(path))

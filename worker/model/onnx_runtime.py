@@ -42,9 +42,13 @@ OPTIMIZER_TYPES = {
     "bert": "bert", "distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert",
     "electra": "bert",
 }
-# The fused graph, where the optimizer supports the family: ahead of the unfused one or within the noise in
-# the measurements (README, "Runtimes"; python -m worker.bench.runtimes compares both).
-OPTIMIZE = True
+# The fused graph (attention, LayerNorm and GELU fusion by the transformers optimizer, where it knows the
+# family) is not the default: on quiet runs it was level with the unfused graph in fp32 and 10-17 % behind
+# in int8 (README, "Runtimes"; python -m worker.bench.runtimes compares both). True makes it the default.
+OPTIMIZE = False
+# ONNX Runtime's intra-op threads spin between calls by default: in the worker they then hold the
+# cores its tokenizer and output threads need (README, "Runtimes": e2e / ceiling with and without).
+SPIN = False
 
 
 class OnnxUnavailable(RuntimeError):
@@ -73,15 +77,13 @@ def cache_root() -> Path:
     return Path("~/.cache/sentiment-worker/onnx").expanduser()
 
 
-def cache_dir(source: str) -> Path:
-    """``<model_dir>/onnx`` for a writable local model, else a directory of the cache root named after the model."""
+def cache_dirs(source: str) -> list[Path]:
+    """Where exports are looked for, in order: ``<model_dir>/onnx`` for a local model, then the cache
+    root's directory named after the model. New ones go to the first of them this process can write."""
     local = Path(source).expanduser()
     if local.is_dir():
-        own = local / "onnx"
-        if _writable(own):
-            return own
-        return cache_root() / f"local-{local.resolve().name}"
-    return cache_root() / source.replace("/", "--")
+        return [local / "onnx", cache_root() / f"local-{local.resolve().name}"]
+    return [cache_root() / source.replace("/", "--")]
 
 
 def cache_key(info: ModelInfo, precision: str, inputs: Sequence[str], optimized: bool) -> str:
@@ -120,37 +122,58 @@ def supported(info: ModelInfo) -> None:
         raise OnnxUnavailable("this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
 
 
-def exported(model: Any, tokenizer: Any, info: ModelInfo, *, optimize: Optional[bool] = None) -> Path:
+def exported(model: Any, tokenizer: Any, info: ModelInfo, *, optimize: Optional[bool] = None,
+             scratch: bool = True) -> Path:
     """The cached ONNX file for this model, precision and device, made (and checked) if missing.
 
     int8 quantises the fp32 file (itself cached); ``optimize`` (default OPTIMIZE)
-    fuses attention and LayerNorm where the optimizer knows the family. Raises
+    fuses attention and LayerNorm where the optimizer knows the family. A cache this
+    process can't write (a model volume mounted read-only) is still read; what is missing
+    is made in a scratch directory (``scratch``) or, without it, raises. Raises
     OnnxUnavailable whatever the reason it can't be made.
     """
     supported(info)
     try:
-        return _exported(model, tokenizer, info, optimize)
+        return _exported(model, tokenizer, info, optimize, scratch)
     except OnnxUnavailable:
         raise
     except Exception as exc:  # noqa: BLE001 - exporters raise all sorts for what they can't trace
         raise OnnxUnavailable(f"the ONNX export failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
 
 
-def _exported(model: Any, tokenizer: Any, info: ModelInfo, optimize: Optional[bool]) -> Path:
+def scratch_dir(directory: Path) -> Path:
+    """Where a process exports what a read-only cache lacks: its own temporary directory (a pod's /tmp)."""
+    return Path(tempfile.gettempdir()) / "sentiment-worker-onnx" / directory.name
+
+
+def _exported(model: Any, tokenizer: Any, info: ModelInfo, optimize: Optional[bool], scratch: bool) -> Path:
     names = input_names(model, tokenizer)
     model_type = OPTIMIZER_TYPES.get(getattr(model.config, "model_type", ""))
     optimized = (OPTIMIZE if optimize is None else optimize) and model_type is not None
-    directory = cache_dir(info.name)
+    places = cache_dirs(info.name)
     base_precision = "fp32" if info.precision == "int8" else info.precision
+    work = places[0]
 
     def path_for(precision: str, fused: bool) -> Path:
+        """The cached file where it is; where it is missing, where it will be written."""
         key = cache_key(info, precision, names, fused)
-        return directory / f"{precision}{'-fused' if fused else ''}-{key}.onnx"
+        name = f"{precision}{'-fused' if fused else ''}-{key}.onnx"
+        return next((d / name for d in places if (d / name).is_file()), work / name)
 
     target = path_for(info.precision, optimized)
     if target.is_file():
         log.debug("onnx.cached path=%s", target)
         return target
+    writable = next((d for d in places if _writable(d)), None)
+    if writable is None:
+        if not scratch:
+            raise OnnxUnavailable(f"the ONNX cache ({', '.join(map(str, places))}) is not writable")
+        writable = scratch_dir(places[-1])
+        log.warning("ONNX Runtime: the cache (%s) is read-only and lacks this model's export; exporting into %s "
+                    "(each start will; `sentiment-worker model export` where the cache is writable makes it once)",
+                    ", ".join(map(str, places)), writable)
+    work = writable
+    target = path_for(info.precision, optimized)
     started = time.perf_counter()
     graph = path_for(base_precision, False)
     if not graph.is_file():
@@ -197,6 +220,8 @@ class OnnxForward:
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: its warnings are about nodes placed on the CPU
+        if not SPIN:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.device.type == "cuda":
             index = self.device.index if self.device.index is not None else torch.cuda.current_device()
             stream = torch.cuda.current_stream(index).cuda_stream
@@ -240,7 +265,7 @@ class OnnxForward:
 
 def _writable(directory: Path) -> bool:
     try:
-        directory.mkdir(exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
     except OSError:
         return False
     return os.access(directory, os.W_OK)

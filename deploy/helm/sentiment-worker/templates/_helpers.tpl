@@ -219,7 +219,13 @@ template:
     {{- end }}
     securityContext:
       {{- include "sw.podSecurityContext" . | nindent 6 }}
+    {{- /* RUNTIME onnxruntime or auto on CPU: the download first, then the export into the claim. */}}
+    {{- $export := and (ne .Values.runtime "torch") (ne .Values.accelerator "gpu") }}
+    {{- if $export }}
+    initContainers:
+    {{- else }}
     containers:
+    {{- end }}
       - name: fetch-model
         image: {{ include "sw.image" . }}
         imagePullPolicy: {{ .Values.image.pullPolicy }}
@@ -237,6 +243,35 @@ template:
             mountPath: /tmp
           - name: model
             mountPath: /opt/huggingface
+    {{- if $export }}
+    {{- $accel := include "sw.accel" . | fromYaml }}
+    containers:
+      # The ONNX file RUNTIME=onnxruntime reads, made once under HF_HOME in the claim (exits
+      # 2, and the Job fails, where ONNX Runtime can't run this model and precision).
+      - name: export-model
+        image: {{ include "sw.image" . }}
+        imagePullPolicy: {{ .Values.image.pullPolicy }}
+        command: ["sentiment-worker", "model", "export"]
+        env:
+          {{- include "sw.fetchEnv" . | nindent 10 }}
+          - name: DEVICE
+            value: cpu
+          - name: PRECISION
+            value: {{ .Values.precision | default $accel.precision | quote }}
+          - name: TORCH_THREADS
+            value: {{ $accel.threads | quote }}
+          - name: HF_HUB_OFFLINE
+            value: "1"
+        resources:
+          {{- toYaml $accel.resources | nindent 10 }}
+        securityContext:
+          {{- include "sw.containerSecurityContext" . | nindent 10 }}
+        volumeMounts:
+          - name: tmp
+            mountPath: /tmp
+          - name: model
+            mountPath: /opt/huggingface
+    {{- end }}
     volumes:
       - name: tmp
         emptyDir:
