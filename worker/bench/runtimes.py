@@ -21,7 +21,7 @@ from typing import Optional
 
 from worker.bench.workloads import make_texts
 from worker.model.engine import SentimentEngine
-from worker.model.loading import default_threads, load_pretrained
+from worker.model.loading import default_threads
 
 ENGINES = ("torch fp32", "onnxruntime fp32", "onnxruntime fp32 fused",
            "torch int8", "onnxruntime int8", "onnxruntime int8 fused")
@@ -30,13 +30,14 @@ ENGINES = ("torch fp32", "onnxruntime fp32", "onnxruntime fp32 fused",
 def engine(model: str, name: str, threads: int, batch_size: int) -> SentimentEngine:
     """One engine by name ("torch fp32", "onnxruntime int8 fused", ...), warmed up, its costs learnt."""
     runtime, precision, *fused = name.split()
-    built = SentimentEngine.load(model, device="cpu", precision=precision, threads=threads, max_batch_rows=batch_size)
     if runtime == "onnxruntime":
         from worker.model import onnx_runtime
 
-        loaded = load_pretrained(model, device="cpu", precision=precision, threads=threads, defer_torch=True)
-        path = onnx_runtime.exported(loaded.model, loaded.tokenizer, loaded.info, optimize=bool(fused))
-        built = built.with_forward(onnx_runtime.OnnxForward(path, "cpu", threads))
+        onnx_runtime.OPTIMIZE = bool(fused)  # this process runs this one engine
+    built = SentimentEngine.load(model, device="cpu", precision=precision, threads=threads,
+                                 max_batch_rows=batch_size, runtime=runtime)
+    if built.info.runtime != runtime:
+        raise SystemExit(f"{name}: {runtime} can't run this model here (the log says why)")
     built.warmup()
     return built
 
